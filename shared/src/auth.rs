@@ -1,0 +1,372 @@
+//! Token authentication (JWT, via jsonwebtoken).
+//!
+//! The accepted algorithms come from configuration only: the token's header
+//! picks among them and can never add one (`alg: none` is refused outright).
+//! `exp` is required; `nbf`, `iss` and `aud` are checked when configured.
+//! Claims give the user (`sub`), the app/tenant (configurable claim, `app` by
+//! default) and optional room grants (`rooms`: ids or `prefix*` patterns) that
+//! private rooms require.
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Map, Value};
+
+use crate::config::AuthConfig;
+use crate::ids::{TenantId, UserId};
+
+/// Who a connection is, from a verified token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub tenant: TenantId,
+    pub user: UserId,
+    /// Room grants: exact ids, `prefix*` patterns, or `*`.
+    pub grants: Vec<String>,
+    /// `exp`, Unix seconds.
+    pub expires_at: u64,
+}
+
+impl Identity {
+    /// Whether the grants allow `room` (for private rooms).
+    pub fn may_access(grants: &[String], room: &str) -> bool {
+        grants.iter().any(|g| match g.strip_suffix('*') {
+            Some(prefix) => room.starts_with(prefix),
+            None => g == room,
+        })
+    }
+}
+
+/// Why a token was refused. The `Display` text is safe to show the client; it
+/// never contains the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no token: send `Authorization: Bearer <token>`, a `bearer.<token>` subprotocol, or `?token=`")]
+    Missing,
+    #[error("token is malformed")]
+    Malformed,
+    #[error("token algorithm is not accepted")]
+    Algorithm,
+    #[error("token signature is invalid")]
+    Signature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token audience is not accepted")]
+    Audience,
+    #[error("token issuer is not accepted")]
+    Issuer,
+    #[error("token lacks claim `{0}`")]
+    MissingClaim(String),
+    #[error("token claim `{claim}` is invalid: {reason}")]
+    BadClaim { claim: String, reason: String },
+}
+
+/// Configuration that cannot be turned into keys.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    #[error("configuration key `{key}`: {source}")]
+    Key {
+        key: &'static str,
+        source: jsonwebtoken::errors::Error,
+    },
+    #[error("configuration key `auth.algorithms`: unsupported algorithm {0:?}")]
+    Algorithm(String),
+}
+
+/// Verifies tokens according to [`AuthConfig`].
+pub struct Authenticator {
+    keys: Vec<(Algorithm, DecodingKey)>,
+    hs_secret: Option<Vec<u8>>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    tenant_claim: String,
+    leeway: u64,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("algorithms", &self.keys.iter().map(|(a, _)| *a).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    pub fn from_config(cfg: &AuthConfig) -> Result<Self, AuthConfigError> {
+        let mut keys = Vec::new();
+        for alg in &cfg.algorithms {
+            let (alg, key) = match alg.as_str() {
+                "HS256" => (
+                    Algorithm::HS256,
+                    DecodingKey::from_secret(cfg.hs256_secret.as_deref().unwrap_or_default().as_bytes()),
+                ),
+                "RS256" => (
+                    Algorithm::RS256,
+                    DecodingKey::from_rsa_pem(cfg.rs256_public_key.as_deref().unwrap_or_default().as_bytes())
+                        .map_err(|source| AuthConfigError::Key {
+                            key: "auth.rs256_public_key",
+                            source,
+                        })?,
+                ),
+                "ES256" => (
+                    Algorithm::ES256,
+                    DecodingKey::from_ec_pem(cfg.es256_public_key.as_deref().unwrap_or_default().as_bytes())
+                        .map_err(|source| AuthConfigError::Key {
+                            key: "auth.es256_public_key",
+                            source,
+                        })?,
+                ),
+                other => return Err(AuthConfigError::Algorithm(other.to_owned())),
+            };
+            keys.push((alg, key));
+        }
+        Ok(Self {
+            keys,
+            hs_secret: cfg
+                .algorithms
+                .iter()
+                .any(|a| a == "HS256")
+                .then(|| cfg.hs256_secret.clone().unwrap_or_default().into_bytes()),
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
+            tenant_claim: cfg.tenant_claim.clone(),
+            leeway: cfg.leeway_secs,
+        })
+    }
+
+    /// Verifies `token` and returns who it names.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
+                AuthError::Algorithm
+            }
+            _ => AuthError::Malformed,
+        })?;
+        let (alg, key) = self
+            .keys
+            .iter()
+            .find(|(a, _)| *a == header.alg)
+            .ok_or(AuthError::Algorithm)?;
+        let mut validation = Validation::new(*alg);
+        validation.leeway = self.leeway;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &self.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation).map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => AuthError::Signature,
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidAudience => AuthError::Audience,
+            ErrorKind::InvalidIssuer => AuthError::Issuer,
+            ErrorKind::InvalidAlgorithm => AuthError::Algorithm,
+            ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
+            _ => AuthError::Malformed,
+        })?;
+        self.identity(&data.claims)
+    }
+
+    fn identity(&self, claims: &Map<String, Value>) -> Result<Identity, AuthError> {
+        let string_claim = |name: &str| -> Result<&str, AuthError> {
+            match claims.get(name) {
+                Some(Value::String(s)) => Ok(s),
+                Some(_) => Err(AuthError::BadClaim {
+                    claim: name.to_owned(),
+                    reason: "must be a string".into(),
+                }),
+                None => Err(AuthError::MissingClaim(name.to_owned())),
+            }
+        };
+        let user = UserId::parse(string_claim("sub")?).map_err(|e| AuthError::BadClaim {
+            claim: "sub".into(),
+            reason: e.to_string(),
+        })?;
+        let tenant = TenantId::parse(string_claim(&self.tenant_claim)?).map_err(|e| AuthError::BadClaim {
+            claim: self.tenant_claim.clone(),
+            reason: e.to_string(),
+        })?;
+        let grants = match claims.get("rooms") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) if s.len() <= 128 => Ok(s.clone()),
+                    _ => Err(AuthError::BadClaim {
+                        claim: "rooms".into(),
+                        reason: "must be a list of room ids or patterns".into(),
+                    }),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => {
+                return Err(AuthError::BadClaim {
+                    claim: "rooms".into(),
+                    reason: "must be a list".into(),
+                });
+            }
+        };
+        let expires_at = claims.get("exp").and_then(Value::as_u64).unwrap_or_default();
+        Ok(Identity {
+            tenant,
+            user,
+            grants,
+            expires_at,
+        })
+    }
+
+    /// Mints an HS256 token with the configured secret: for development (the
+    /// `token` subcommand) and tests. Fails when HS256 is not enabled.
+    pub fn mint(&self, claims: &TokenClaims) -> Result<String, MintError> {
+        let secret = self.hs_secret.as_deref().ok_or(MintError::NoSecret)?;
+        let mut map = Map::new();
+        map.insert("sub".into(), Value::String(claims.user.clone()));
+        map.insert(self.tenant_claim.clone(), Value::String(claims.tenant.clone()));
+        map.insert("exp".into(), Value::from(claims.expires_at));
+        map.insert("iat".into(), Value::from(crate::now_ms() / 1000));
+        if !claims.rooms.is_empty() {
+            map.insert("rooms".into(), Value::from(claims.rooms.clone()));
+        }
+        if let Some(aud) = &self.audience {
+            map.insert("aud".into(), Value::String(aud.clone()));
+        }
+        if let Some(iss) = &self.issuer {
+            map.insert("iss".into(), Value::String(iss.clone()));
+        }
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &map, &EncodingKey::from_secret(secret))
+            .map_err(MintError::Encode)
+    }
+}
+
+/// What [`Authenticator::mint`] puts in a token.
+#[derive(Debug, Clone)]
+pub struct TokenClaims {
+    pub tenant: String,
+    pub user: String,
+    pub rooms: Vec<String>,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+impl TokenClaims {
+    /// Claims valid for `ttl_secs` from now.
+    pub fn new(tenant: &str, user: &str, ttl_secs: u64) -> Self {
+        Self {
+            tenant: tenant.into(),
+            user: user.into(),
+            rooms: Vec::new(),
+            expires_at: crate::now_ms() / 1000 + ttl_secs,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error("HS256 is not enabled, so no development token can be minted")]
+    NoSecret,
+    #[error("could not encode token: {0}")]
+    Encode(jsonwebtoken::errors::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(audience: Option<&str>) -> Authenticator {
+        let cfg = AuthConfig {
+            audience: audience.map(str::to_owned),
+            ..AuthConfig::default()
+        };
+        Authenticator::from_config(&cfg).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn sign(claims: &Value, secret: &str) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn exp_in(secs: i64) -> i64 {
+        (crate::now_ms() / 1000) as i64 + secs
+    }
+
+    #[test]
+    fn a_minted_token_verifies() {
+        let a = auth(None);
+        let mut claims = TokenClaims::new("demo", "alice", 60);
+        claims.rooms = vec!["couple-*".into()];
+        let id = a.verify(&a.mint(&claims).unwrap_or_else(|e| panic!("{e}"))).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(id.tenant.as_str(), "demo");
+        assert_eq!(id.user.as_str(), "alice");
+        assert!(Identity::may_access(&id.grants, "couple-1"));
+        assert!(!Identity::may_access(&id.grants, "other"));
+    }
+
+    #[test]
+    fn bad_tokens_get_specific_errors() {
+        let a = auth(Some("switchboard"));
+        let secret = crate::config::DEV_SECRET;
+        let ok = serde_json::json!({"sub": "u", "app": "demo", "exp": exp_in(60), "aud": "switchboard"});
+        assert!(a.verify(&sign(&ok, secret)).is_ok());
+        assert_eq!(a.verify(&sign(&ok, "wrong")), Err(AuthError::Signature));
+        let expired = serde_json::json!({"sub": "u", "app": "demo", "exp": exp_in(-3600), "aud": "switchboard"});
+        assert_eq!(a.verify(&sign(&expired, secret)), Err(AuthError::Expired));
+        let no_exp = serde_json::json!({"sub": "u", "app": "demo", "aud": "switchboard"});
+        assert_eq!(a.verify(&sign(&no_exp, secret)), Err(AuthError::MissingClaim("exp".into())));
+        let wrong_aud = serde_json::json!({"sub": "u", "app": "demo", "exp": exp_in(60), "aud": "other"});
+        assert_eq!(a.verify(&sign(&wrong_aud, secret)), Err(AuthError::Audience));
+        let future = serde_json::json!({"sub": "u", "app": "demo", "exp": exp_in(600), "nbf": exp_in(300), "aud": "switchboard"});
+        assert_eq!(a.verify(&sign(&future, secret)), Err(AuthError::NotYetValid));
+        let bad_tenant = serde_json::json!({"sub": "u", "app": "de.mo", "exp": exp_in(60), "aud": "switchboard"});
+        assert!(matches!(a.verify(&sign(&bad_tenant, secret)), Err(AuthError::BadClaim { .. })));
+        let no_tenant = serde_json::json!({"sub": "u", "exp": exp_in(60), "aud": "switchboard"});
+        assert_eq!(a.verify(&sign(&no_tenant, secret)), Err(AuthError::MissingClaim("app".into())));
+        assert_eq!(a.verify("not a token"), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        use base64_like::encode;
+        let header = encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let body = encode(format!(r#"{{"sub":"u","app":"demo","exp":{}}}"#, exp_in(60)).as_bytes());
+        let token = format!("{header}.{body}.");
+        let err = auth(None).verify(&token);
+        assert!(matches!(err, Err(AuthError::Algorithm | AuthError::Malformed)), "{err:?}");
+    }
+
+    #[test]
+    fn an_algorithm_not_configured_is_refused() {
+        // HS384 with the right secret: the header may not widen the list.
+        let claims = serde_json::json!({"sub": "u", "app": "demo", "exp": exp_in(60)});
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS384),
+            &claims,
+            &EncodingKey::from_secret(crate::config::DEV_SECRET.as_bytes()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(auth(None).verify(&token), Err(AuthError::Algorithm));
+    }
+
+    /// Unpadded base64url, enough to hand-craft a token in a test.
+    mod base64_like {
+        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        pub fn encode(input: &[u8]) -> String {
+            let mut out = String::new();
+            for chunk in input.chunks(3) {
+                let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+                let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+                for i in 0..=chunk.len() {
+                    out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                }
+            }
+            out
+        }
+    }
+}

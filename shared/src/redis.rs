@@ -1,0 +1,25 @@
+//! The Redis connection pool (deadpool-redis).
+
+pub use deadpool_redis::{Connection, Pool};
+
+use crate::config::RedisConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("configuration key `redis.url`: {0}")]
+    Config(#[from] deadpool_redis::CreatePoolError),
+    #[error("redis is unreachable: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+    #[error("redis: {0}")]
+    Redis(#[from] deadpool_redis::redis::RedisError),
+}
+
+/// Builds a pool and checks that Redis answers.
+pub async fn connect(cfg: &RedisConfig) -> Result<Pool, RedisError> {
+    let mut pc = deadpool_redis::Config::from_url(cfg.url.clone());
+    pc.pool = Some(deadpool_redis::PoolConfig::new(cfg.pool_size));
+    let pool = pc.create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+    let mut conn = pool.get().await?;
+    let _: String = deadpool_redis::redis::cmd("PING").query_async(&mut conn).await?;
+    Ok(pool)
+}

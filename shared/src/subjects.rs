@@ -1,0 +1,122 @@
+//! NATS subject naming: the one place that knows the subject scheme.
+//!
+//! | subject | direction | purpose |
+//! |---|---|---|
+//! | `sb.svc.<service>.<op>` | gateway → worker queue group | a client request |
+//! | `sb.gw.<gateway>.c.<conn>` | worker → gateway | push to one connection |
+//! | `sb.gw.<gateway>.c.<conn>.<req>` | worker → gateway | reply to request `<req>` |
+//! | `sb.room.<tenant>.<room>` | rooms worker → gateways with members | room fan-out |
+//! | `sb.evt.conn` | gateway → workers | connect / disconnect / heartbeat |
+//!
+//! Every argument is a validated id type, so no caller can build a subject
+//! with wildcards or extra tokens in it.
+
+use crate::ids::{GatewayId, RoomId, TenantId};
+
+/// Connection lifecycle events, gateway → workers.
+pub const CONN_EVENTS: &str = "sb.evt.conn";
+
+/// A request subject for `service` and `op`. Both come from the gateway's own
+/// validation (see [`is_op_name`]), never from raw client text.
+pub fn service_op(service: &str, op: &str) -> String {
+    format!("sb.svc.{service}.{op}")
+}
+
+/// Everything a service's queue group listens to.
+pub fn service_wildcard(service: &str) -> String {
+    format!("sb.svc.{service}.*")
+}
+
+/// Internal op through which a gateway recovers a feed's missed messages.
+/// Client ops can never start with `_` (see [`is_op_name`]).
+pub const REPLAY_OP: &str = "_replay";
+
+/// A gateway's single wildcard subscription.
+pub fn gateway_wildcard(gw: &GatewayId) -> String {
+    format!("sb.gw.{gw}.>")
+}
+
+/// Pushes to one connection.
+pub fn conn(gw: &GatewayId, conn: u64) -> String {
+    format!("sb.gw.{gw}.c.{conn}")
+}
+
+/// Replies to one request of one connection.
+pub fn conn_reply(gw: &GatewayId, conn: u64, req: u32) -> String {
+    format!("sb.gw.{gw}.c.{conn}.{req}")
+}
+
+/// What a subject under `sb.gw.<gateway>.` addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayTarget {
+    Push { conn: u64 },
+    Reply { conn: u64, req: u32 },
+}
+
+/// Parses a subject received on [`gateway_wildcard`]; `None` for anything else.
+pub fn parse_gateway_subject(gw: &GatewayId, subject: &str) -> Option<GatewayTarget> {
+    let rest = subject.strip_prefix("sb.gw.")?;
+    let rest = rest.strip_prefix(gw.as_str())?;
+    let rest = rest.strip_prefix(".c.")?;
+    let mut parts = rest.split('.');
+    let conn = parts.next()?.parse().ok()?;
+    match (parts.next(), parts.next()) {
+        (None, _) => Some(GatewayTarget::Push { conn }),
+        (Some(req), None) => Some(GatewayTarget::Reply {
+            conn,
+            req: req.parse().ok()?,
+        }),
+        _ => None,
+    }
+}
+
+/// A room's fan-out subject.
+pub fn room(tenant: &TenantId, room: &RoomId) -> String {
+    format!("sb.room.{tenant}.{room}")
+}
+
+/// Whether `s` may be used as a service or op name: lowercase ASCII letters,
+/// digits and `_`, starting with a letter, at most 32 bytes.
+pub fn is_op_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.as_bytes()[0].is_ascii_lowercase()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gw() -> GatewayId {
+        GatewayId::parse("gw1").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn gateway_subjects_round_trip() {
+        let g = gw();
+        assert_eq!(
+            parse_gateway_subject(&g, &conn(&g, 42)),
+            Some(GatewayTarget::Push { conn: 42 })
+        );
+        assert_eq!(
+            parse_gateway_subject(&g, &conn_reply(&g, 42, 7)),
+            Some(GatewayTarget::Reply { conn: 42, req: 7 })
+        );
+        assert_eq!(parse_gateway_subject(&g, "sb.gw.gw2.c.42"), None);
+        assert_eq!(parse_gateway_subject(&g, "sb.gw.gw1.c.x"), None);
+        assert_eq!(parse_gateway_subject(&g, "sb.gw.gw1.c.1.2.3"), None);
+        assert_eq!(parse_gateway_subject(&g, "sb.gw.gw10.c.1"), None);
+    }
+
+    #[test]
+    fn op_names_cannot_carry_subject_syntax() {
+        assert!(is_op_name("join"));
+        assert!(is_op_name("read_marker2"));
+        for bad in ["", "_replay", "a.b", "*", ">", "Join", "a b", "1x"] {
+            assert!(!is_op_name(bad), "{bad:?} accepted");
+        }
+        assert!(!is_op_name(&"a".repeat(33)));
+    }
+}
