@@ -38,6 +38,12 @@ pub fn conn_rooms(gw: &GatewayId, conn: u64) -> String {
     format!("sb:{{conn:{gw}:{conn}}}:rooms")
 }
 
+/// Set once a connection's disconnect has been processed, so a join racing
+/// with the disconnect can undo itself.
+pub fn conn_gone(gw: &GatewayId, conn: u64) -> String {
+    format!("sb:{{conn:{gw}:{conn}}}:gone")
+}
+
 /// The member field for a connection in [`RoomKeys::conns`].
 pub fn conn_member(gw: &GatewayId, conn: u64) -> String {
     format!("{gw}:{conn}")

@@ -1,1 +1,60 @@
-fn main(){}
+//! `switchboard-workers`: runs one or more worker services.
+//!
+//! ```text
+//! switchboard-workers rooms            # one service (one Deployment each)
+//! switchboard-workers all              # every service, for local development
+//! ```
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use switchboard_shared::config::Config;
+use switchboard_shared::{Shutdown, telemetry};
+
+#[derive(Parser)]
+#[command(name = "switchboard-workers", version, about = "Switchboard worker services")]
+struct Args {
+    /// TOML config file (defaults, then this file, then SB_ environment variables).
+    #[arg(long, env = "SB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Services to run: any of `rooms`, or `all`.
+    #[arg(required = true)]
+    services: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cfg = Config::load(args.config.as_deref()).context("loading configuration")?;
+    telemetry::init(&cfg.log);
+    let services: Vec<String> = if args.services.iter().any(|s| s == "all") {
+        switchboard_workers::SERVICES.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        args.services
+    };
+    let shutdown = Shutdown::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        signal.cancel();
+    });
+    switchboard_workers::run(cfg, &services, shutdown).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,617 @@
+//! The `rooms` service: create, join, leave, publish, members, info and
+//! history, plus disconnect cleanup and gap replay for gateways.
+//!
+//! Invariants:
+//! - All room state is in Redis under one hash tag per room; every mutation
+//!   is one Lua script, so replicas can serve any room concurrently.
+//! - `seq` is assigned by Redis inside the publish script and the message is
+//!   appended to the history stream (entry id `<seq>-0`) in the same script:
+//!   history order is seq order, with no holes except trimmed ones.
+//! - Live fan-out is one NATS message per room on `sb.room.<tenant>.<room>`;
+//!   gateways restore seq order and fill gaps through `_replay`.
+
+mod scripts;
+
+use deadpool_redis::redis::{self, Value};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use switchboard_proto::bus::{ConnEvent, ConnRef, Interest, Push, ReplayBatch, ReplayItem, ReplayRequest, Request, conn_event};
+use switchboard_shared::auth::Identity;
+use switchboard_shared::config::RoomsConfig;
+use switchboard_shared::error::{ClientError, ErrorCode};
+use switchboard_shared::ids::{GatewayId, RoomId, TenantId, UserId};
+use switchboard_shared::keys::{self, RoomKeys};
+use switchboard_shared::redis::Pool;
+use switchboard_shared::{bus, now_ms, subjects};
+
+use crate::service::{Outcome, Service, parse};
+
+/// The rooms service.
+pub struct Rooms {
+    nats: async_nats::Client,
+    pool: Pool,
+    cfg: RoomsConfig,
+}
+
+/// Who is asking, from the envelope the gateway built.
+struct Caller {
+    tenant: TenantId,
+    user: UserId,
+    gw: GatewayId,
+    conn: u64,
+    grants: Vec<String>,
+}
+
+impl Caller {
+    fn from_request(req: &Request) -> Result<Self, ClientError> {
+        let bad = |what: &str| ClientError::new(ErrorCode::Internal, format!("malformed envelope: {what}"));
+        let conn = req.conn.as_ref().ok_or_else(|| bad("conn"))?;
+        Ok(Self {
+            tenant: TenantId::parse(&req.tenant).map_err(|_| bad("tenant"))?,
+            user: UserId::parse(&req.user).map_err(|_| bad("user"))?,
+            gw: GatewayId::parse(&conn.gateway).map_err(|_| bad("gateway"))?,
+            conn: conn.conn,
+            grants: req.grants.clone(),
+        })
+    }
+
+    fn member(&self) -> String {
+        keys::conn_member(&self.gw, self.conn)
+    }
+
+    fn origin(&self) -> ConnRef {
+        ConnRef {
+            gateway: self.gw.to_string(),
+            conn: self.conn,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateReq {
+    room: Option<String>,
+    max_members: Option<u32>,
+    #[serde(default)]
+    private: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoomReq {
+    room: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinReq {
+    room: String,
+    /// Resume: deliver every message after this seq (within the history).
+    after: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishReq {
+    room: String,
+    data: Box<RawValue>,
+    #[serde(default)]
+    echo: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryReq {
+    room: String,
+    after: Option<u64>,
+    before: Option<u64>,
+    limit: Option<u64>,
+}
+
+/// A page read from a room's history stream.
+struct Read {
+    head: u64,
+    /// Oldest seq still held (head + 1 when the history is empty).
+    first: u64,
+    /// (seq, message JSON), in the order asked for.
+    items: Vec<(u64, String)>,
+}
+
+fn internal(e: impl std::fmt::Display) -> ClientError {
+    tracing::error!(error = %e, "rooms: internal error");
+    ClientError::new(ErrorCode::Internal, "internal error")
+}
+
+fn room_id(s: &str) -> Result<RoomId, ClientError> {
+    RoomId::parse(s).map_err(ClientError::from)
+}
+
+impl Rooms {
+    pub fn new(nats: async_nats::Client, pool: Pool, cfg: RoomsConfig) -> Self {
+        Self { nats, pool, cfg }
+    }
+
+    async fn conn(&self) -> Result<deadpool_redis::Connection, ClientError> {
+        self.pool.get().await.map_err(internal)
+    }
+
+    async fn push(&self, tenant: &TenantId, room: &RoomId, push: Push) {
+        if let Err(e) = self.nats.publish(subjects::room(tenant, room), bus::encode(&push)).await {
+            tracing::warn!(error = %e, "could not publish to room");
+        }
+    }
+
+    async fn member_event(&self, event: &str, tenant: &TenantId, room: &RoomId, user: &UserId, members: i64, origin: ConnRef) {
+        let frame = json!({"event": event, "data": {"room": room.as_str(), "user": user.as_str(), "members": members}});
+        let push = Push {
+            frame: serde_json::to_vec(&frame).unwrap_or_default().into(),
+            seq: 0,
+            origin: Some(origin),
+            echo: false,
+        };
+        self.push(tenant, room, push).await;
+    }
+
+    /// Whether the caller may read a room: public rooms are open to the whole
+    /// app; private ones need a grant or membership.
+    async fn check_readable(&self, c: &Caller, room: &RoomId, k: &RoomKeys) -> Result<(), ClientError> {
+        let mut r = self.conn().await?;
+        let (private, member): (Option<String>, bool) = redis::pipe()
+            .hget(&k.meta, "private")
+            .hexists(&k.conns, c.member())
+            .query_async(&mut r)
+            .await
+            .map_err(internal)?;
+        match private.as_deref() {
+            None => Err(ClientError::new(ErrorCode::NotFound, format!("no room {room}"))),
+            Some("1") if !member && !Identity::may_access(&c.grants, room.as_str()) => {
+                Err(ClientError::new(ErrorCode::Forbidden, "private room"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn create(&self, c: &Caller, req: CreateReq) -> Result<Outcome, ClientError> {
+        let room = match &req.room {
+            Some(r) => room_id(r)?,
+            None => RoomId::generate(),
+        };
+        if req.private && !Identity::may_access(&c.grants, room.as_str()) {
+            return Err(ClientError::new(
+                ErrorCode::Forbidden,
+                "creating a private room needs a `rooms` grant for its id in the token",
+            ));
+        }
+        let max = req.max_members.unwrap_or(0);
+        let cap = self.cfg.max_members_cap;
+        if cap > 0 && max > cap {
+            return Err(ClientError::new(ErrorCode::BadRequest, format!("max_members is at most {cap}")));
+        }
+        let k = RoomKeys::new(&c.tenant, &room);
+        let mut r = self.conn().await?;
+        let created: i64 = scripts::CREATE
+            .key(k.all().as_slice())
+            .arg(max)
+            .arg(if req.private { "1" } else { "0" })
+            .arg(c.user.as_str())
+            .arg(now_ms())
+            .arg(self.cfg.idle_ttl_secs.max(1))
+            .invoke_async(&mut r)
+            .await
+            .map_err(internal)?;
+        if created == 0 {
+            return Err(ClientError::new(ErrorCode::AlreadyExists, format!("room {room} exists")));
+        }
+        Ok(Outcome::json(&json!({"room": room.as_str(), "max_members": max, "private": req.private})))
+    }
+
+    async fn join(&self, c: &Caller, req: JoinReq) -> Result<Outcome, ClientError> {
+        let room = room_id(&req.room)?;
+        let k = RoomKeys::new(&c.tenant, &room);
+        let index = format!("{}:{}", c.tenant, room);
+        let conn_rooms = keys::conn_rooms(&c.gw, c.conn);
+        let granted = Identity::may_access(&c.grants, room.as_str());
+        let mut r = self.conn().await?;
+        let _: () = redis::cmd("SADD").arg(&conn_rooms).arg(&index).query_async(&mut r).await.map_err(internal)?;
+        let res: Vec<i64> = scripts::JOIN
+            .key(k.all().as_slice())
+            .arg(c.member())
+            .arg(c.user.as_str())
+            .arg(if granted { "1" } else { "0" })
+            .invoke_async(&mut r)
+            .await
+            .map_err(internal)?;
+        let (status, seq, members, new_user) = match res.as_slice() {
+            [a, b, c, d] => (*a, *b, *c, *d),
+            _ => return Err(internal("JOIN returned an unexpected shape")),
+        };
+        match status {
+            1 => {}
+            -1 => return Err(ClientError::new(ErrorCode::NotFound, format!("no room {room}"))),
+            -2 => return Err(ClientError::new(ErrorCode::RoomFull, format!("room {room} is full"))),
+            -3 => return Err(ClientError::new(ErrorCode::Forbidden, "private room: the token has no grant for it")),
+            other => return Err(internal(format!("JOIN status {other}"))),
+        }
+        // A disconnect processed meanwhile means this membership must not stay.
+        let gone: bool = redis::cmd("EXISTS")
+            .arg(keys::conn_gone(&c.gw, c.conn))
+            .query_async(&mut r)
+            .await
+            .map_err(internal)?;
+        if gone {
+            self.leave_conn(&c.tenant, &room, &c.gw, c.conn).await;
+            return Err(ClientError::new(ErrorCode::NotFound, "connection is closed"));
+        }
+        drop(r);
+        if new_user == 1 {
+            self.member_event("member_joined", &c.tenant, &room, &c.user, members, c.origin()).await;
+        }
+        let seq = seq.max(0) as u64;
+        let after = req.after.map_or(seq, |a| a.min(seq));
+        let mut out = Outcome::json(&json!({"room": room.as_str(), "members": members, "seq": seq}));
+        out.attach.push(Interest {
+            subject: subjects::room(&c.tenant, &room),
+            after_seq: after,
+            recover_subject: subjects::service_op("rooms", subjects::REPLAY_OP),
+            key: room.to_string(),
+        });
+        Ok(out)
+    }
+
+    /// Removes one connection from one room, announcing the user's departure
+    /// when it was their last connection there. Returns the member count.
+    async fn leave_conn(&self, tenant: &TenantId, room: &RoomId, gw: &GatewayId, conn: u64) -> Option<i64> {
+        let k = RoomKeys::new(tenant, room);
+        let mut r = self.conn().await.ok()?;
+        let res: Result<(i64, i64, i64, String), _> = scripts::LEAVE
+            .key(k.all().as_slice())
+            .arg(keys::conn_member(gw, conn))
+            .arg(self.cfg.idle_ttl_secs.max(1))
+            .invoke_async(&mut r)
+            .await;
+        let _: Result<(), _> = redis::cmd("SREM")
+            .arg(keys::conn_rooms(gw, conn))
+            .arg(format!("{tenant}:{room}"))
+            .query_async(&mut r)
+            .await;
+        drop(r);
+        match res {
+            Ok((1, members, gone, user)) => {
+                if gone == 1
+                    && let Ok(user) = UserId::parse(&user)
+                {
+                    let origin = ConnRef {
+                        gateway: gw.to_string(),
+                        conn,
+                    };
+                    self.member_event("member_left", tenant, room, &user, members, origin).await;
+                }
+                Some(members)
+            }
+            Ok((_, members, _, _)) => Some(members),
+            Err(e) => {
+                tracing::warn!(error = %e, "leave failed");
+                None
+            }
+        }
+    }
+
+    async fn leave(&self, c: &Caller, req: RoomReq) -> Result<Outcome, ClientError> {
+        let room = room_id(&req.room)?;
+        let members = self
+            .leave_conn(&c.tenant, &room, &c.gw, c.conn)
+            .await
+            .ok_or_else(|| internal("leave failed"))?;
+        let mut out = Outcome::json(&json!({"room": room.as_str(), "members": members}));
+        out.detach.push(subjects::room(&c.tenant, &room));
+        Ok(out)
+    }
+
+    async fn publish(&self, c: &Caller, req: PublishReq) -> Result<Outcome, ClientError> {
+        let room = room_id(&req.room)?;
+        let k = RoomKeys::new(&c.tenant, &room);
+        let ts = now_ms();
+        // The stored message is head + seq + tail; both halves are JSON built
+        // by serde, so the result is valid JSON whatever the ids contain.
+        let head = format!(
+            "{{\"room\":{},\"from\":{},\"ts\":{ts},\"seq\":",
+            serde_json::to_string(room.as_str()).map_err(internal)?,
+            serde_json::to_string(c.user.as_str()).map_err(internal)?,
+        );
+        let tail = format!(",\"data\":{}}}", req.data.get());
+        let cutoff = ts.saturating_sub(self.cfg.history_ttl_secs * 1000);
+        let mut r = self.conn().await?;
+        let (seq, message): (i64, String) = scripts::PUBLISH
+            .key(k.all().as_slice())
+            .arg(c.member())
+            .arg(ts)
+            .arg(head)
+            .arg(tail)
+            .arg(self.cfg.history_max)
+            .arg(cutoff)
+            .invoke_async(&mut r)
+            .await
+            .map_err(internal)?;
+        drop(r);
+        if seq < 0 {
+            return Err(ClientError::new(ErrorCode::NotMember, format!("join room {room} before publishing")));
+        }
+        let push = Push {
+            frame: message_frame(&message).into(),
+            seq: seq as u64,
+            origin: Some(c.origin()),
+            echo: req.echo,
+        };
+        self.push(&c.tenant, &room, push).await;
+        Ok(Outcome::json(&json!({"room": room.as_str(), "seq": seq, "ts": ts})))
+    }
+
+    async fn members(&self, c: &Caller, req: RoomReq) -> Result<Outcome, ClientError> {
+        let room = room_id(&req.room)?;
+        let k = RoomKeys::new(&c.tenant, &room);
+        self.check_readable(c, &room, &k).await?;
+        let mut r = self.conn().await?;
+        let users: Vec<(String, i64)> = redis::cmd("HGETALL").arg(&k.users).query_async(&mut r).await.map_err(internal)?;
+        let list: Vec<_> = users.iter().map(|(u, n)| json!({"user": u, "connections": n})).collect();
+        Ok(Outcome::json(&json!({"room": room.as_str(), "count": list.len(), "members": list})))
+    }
+
+    async fn info(&self, c: &Caller, req: RoomReq) -> Result<Outcome, ClientError> {
+        let room = room_id(&req.room)?;
+        let k = RoomKeys::new(&c.tenant, &room);
+        self.check_readable(c, &room, &k).await?;
+        let mut r = self.conn().await?;
+        let (meta, members): (std::collections::HashMap<String, String>, i64) = redis::pipe()
+            .hgetall(&k.meta)
+            .hlen(&k.users)
+            .query_async(&mut r)
+            .await
+            .map_err(internal)?;
+        let num = |f: &str| meta.get(f).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        Ok(Outcome::json(&json!({
+            "room": room.as_str(),
+            "max_members": num("max"),
+            "private": meta.get("private").map(String::as_str) == Some("1"),
+            "created_by": meta.get("created_by"),
+            "created_at": num("created_at"),
+            "seq": num("seq"),
+            "members": members,
+        })))
+    }
+
+    async fn history(&self, c: &Caller, req: HistoryReq) -> Result<Outcome, ClientError> {
+        let room = room_id(&req.room)?;
+        let k = RoomKeys::new(&c.tenant, &room);
+        self.check_readable(c, &room, &k).await?;
+        let limit = req.limit.unwrap_or(50).clamp(1, self.cfg.history_page_max);
+        let read = match (req.after, req.before) {
+            (Some(_), Some(_)) => return Err(ClientError::new(ErrorCode::BadRequest, "give `after` or `before`, not both")),
+            (Some(after), None) => self.read(&k, &format!("{}-0", after.saturating_add(1)), "+", limit + 1, false).await?,
+            (None, Some(before)) if before <= 1 => self.read(&k, "-", "-", 0, true).await?,
+            (None, Some(before)) => self.read(&k, "-", &format!("{}-0", before - 1), limit + 1, true).await?,
+            (None, None) => self.read(&k, "-", "+", limit + 1, true).await?,
+        };
+        let Read { head, first, mut items } = read;
+        let more = items.len() as u64 > limit;
+        items.truncate(limit as usize);
+        if req.after.is_none() {
+            items.reverse();
+        }
+        let messages: Vec<&RawValue> = items.iter().filter_map(|(_, m)| serde_json::from_str(m).ok()).collect();
+        let missed = req.after.is_some_and(|a| a + 1 < first && a < head);
+        Ok(Outcome::json(&json!({
+            "room": room.as_str(),
+            "messages": messages,
+            "head_seq": head,
+            "first_seq": first,
+            "more": more,
+            "not_recovered": missed,
+        })))
+    }
+
+    /// Reads history entries between two stream ids, dropping those older than
+    /// the history TTL.
+    async fn read(&self, k: &RoomKeys, start: &str, end: &str, count: u64, reverse: bool) -> Result<Read, ClientError> {
+        let mut r = self.conn().await?;
+        let v: Value = scripts::READ
+            .key(k.all().as_slice())
+            .arg(start)
+            .arg(end)
+            .arg(count)
+            .arg(if reverse { "1" } else { "0" })
+            .invoke_async(&mut r)
+            .await
+            .map_err(internal)?;
+        let Value::Array(parts) = v else {
+            return Err(internal("READ returned an unexpected shape"));
+        };
+        let [status, head, oldest, items] = parts.as_slice() else {
+            return Err(internal("READ returned an unexpected shape"));
+        };
+        if as_int(status) == Some(-1) {
+            return Err(ClientError::new(ErrorCode::NotFound, "no such room"));
+        }
+        let head = as_int(head).unwrap_or(0).max(0) as u64;
+        let cutoff = now_ms().saturating_sub(self.cfg.history_ttl_secs * 1000);
+        let mut first = entries(oldest).first().map_or(head + 1, |e| e.0);
+        let mut out = Vec::new();
+        for (seq, t, m) in entries(items) {
+            if t < cutoff {
+                // Expired by age: it counts as gone.
+                first = first.max(seq + 1);
+                continue;
+            }
+            out.push((seq, m));
+        }
+        Ok(Read { head, first, items: out })
+    }
+
+    async fn disconnected(&self, gw: &GatewayId, conn: u64) {
+        let Ok(mut r) = self.conn().await else { return };
+        let gone_key = keys::conn_gone(gw, conn);
+        let rooms_key = keys::conn_rooms(gw, conn);
+        let rooms: Result<Vec<String>, _> = redis::pipe()
+            .cmd("SET")
+            .arg(&gone_key)
+            .arg(1)
+            .arg("EX")
+            .arg(600)
+            .ignore()
+            .smembers(&rooms_key)
+            .query_async::<(Vec<String>,)>(&mut r)
+            .await
+            .map(|(v,)| v);
+        drop(r);
+        let rooms = match rooms {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "disconnect cleanup failed");
+                return;
+            }
+        };
+        for entry in rooms {
+            let Some((t, room)) = entry.split_once(':') else { continue };
+            let (Ok(t), Ok(room)) = (TenantId::parse(t), RoomId::parse(room)) else { continue };
+            self.leave_conn(&t, &room, gw, conn).await;
+        }
+        if let Ok(mut r) = self.conn().await {
+            let _: Result<(), _> = redis::cmd("DEL").arg(&rooms_key).query_async(&mut r).await;
+        }
+    }
+}
+
+/// The client frame for a stored message.
+fn message_frame(message: &str) -> Vec<u8> {
+    let mut f = Vec::with_capacity(message.len() + 28);
+    f.extend_from_slice(b"{\"event\":\"message\",\"data\":");
+    f.extend_from_slice(message.as_bytes());
+    f.push(b'}');
+    f
+}
+
+fn as_int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Parses XRANGE output into (seq, t, m).
+fn entries(v: &Value) -> Vec<(u64, u64, String)> {
+    let Value::Array(list) = v else { return Vec::new() };
+    list.iter()
+        .filter_map(|e| {
+            let Value::Array(parts) = e else { return None };
+            let [id, Value::Array(fields)] = parts.as_slice() else { return None };
+            let seq = as_string(id)?.split('-').next()?.parse().ok()?;
+            let mut t = 0;
+            let mut m = None;
+            for pair in fields.chunks(2) {
+                if let [name, value] = pair {
+                    match as_string(name).as_deref() {
+                        Some("t") => t = as_int(value).unwrap_or(0).max(0) as u64,
+                        Some("m") => m = as_string(value),
+                        _ => {}
+                    }
+                }
+            }
+            Some((seq, t, m?))
+        })
+        .collect()
+}
+
+impl Service for Rooms {
+    fn name(&self) -> &'static str {
+        "rooms"
+    }
+
+    async fn handle(&self, op: &str, req: Request) -> Result<Outcome, ClientError> {
+        let c = Caller::from_request(&req)?;
+        match op {
+            "create" => self.create(&c, parse(&req)?).await,
+            "join" => self.join(&c, parse(&req)?).await,
+            "leave" => self.leave(&c, parse(&req)?).await,
+            "publish" => self.publish(&c, parse(&req)?).await,
+            "members" => self.members(&c, parse(&req)?).await,
+            "info" => self.info(&c, parse(&req)?).await,
+            "history" => self.history(&c, parse(&req)?).await,
+            other => Err(ClientError::new(ErrorCode::UnknownOp, format!("rooms has no op {other:?}"))),
+        }
+    }
+
+    async fn replay(&self, req: ReplayRequest) -> Result<ReplayBatch, ClientError> {
+        let tenant = TenantId::parse(&req.tenant)?;
+        let room = room_id(&req.key)?;
+        let k = RoomKeys::new(&tenant, &room);
+        let end = if req.until_seq == 0 { "+".to_owned() } else { format!("{}-0", req.until_seq) };
+        let read = match self
+            .read(&k, &format!("{}-0", req.after_seq.saturating_add(1)), &end, self.cfg.history_max.max(1), false)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if e.code == ErrorCode::NotFound => {
+                return Ok(ReplayBatch {
+                    gone: true,
+                    ..ReplayBatch::default()
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(ReplayBatch {
+            items: read
+                .items
+                .into_iter()
+                .map(|(seq, m)| ReplayItem {
+                    seq,
+                    frame: message_frame(&m).into(),
+                })
+                .collect(),
+            head_seq: read.head,
+            first_seq: read.first,
+            gone: false,
+        })
+    }
+
+    async fn on_conn_event(&self, ev: ConnEvent) {
+        if ev.kind() != conn_event::Kind::Disconnected {
+            return;
+        }
+        let Some(conn) = ev.conn else { return };
+        let Ok(gw) = GatewayId::parse(&conn.gateway) else { return };
+        self.disconnected(&gw, conn.conn).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_frames_wrap_the_stored_message() {
+        let f = message_frame(r#"{"room":"r","seq":1,"data":{"x":1}}"#);
+        let v: serde_json::Value = serde_json::from_slice(&f).unwrap_or_default();
+        assert_eq!(v["event"], "message");
+        assert_eq!(v["data"]["seq"], 1);
+    }
+
+    #[test]
+    fn stream_entries_parse() {
+        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let v = Value::Array(vec![Value::Array(vec![
+            b("7-0"),
+            Value::Array(vec![b("t"), b("123"), b("m"), b("{}")]),
+        ])]);
+        assert_eq!(entries(&v), vec![(7, 123, "{}".to_owned())]);
+        assert!(entries(&Value::Nil).is_empty());
+    }
+}

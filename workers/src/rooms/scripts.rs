@@ -1,0 +1,112 @@
+//! Lua scripts for the rooms service. Each touches only the keys of one room
+//! (one hash tag), so it is atomic and Redis-Cluster safe. KEYS are always
+//! `meta, conns, users, history` (see `switchboard_shared::keys::RoomKeys`).
+//!
+//! Status codes returned as the first element: 1 ok, -1 no such room,
+//! -2 room full, -3 private room without a grant, -4 not a member,
+//! 0 nothing to do.
+
+use std::sync::LazyLock;
+
+use deadpool_redis::redis::Script;
+
+/// ARGV: max_members, private (0/1), created_by, created_at_ms, idle_ttl_secs.
+/// Returns 1 when created, 0 when the room exists.
+pub static CREATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('HSET', KEYS[1], 'max', ARGV[1], 'private', ARGV[2], 'created_by', ARGV[3], 'created_at', ARGV[4], 'seq', 0)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"#,
+    )
+});
+
+/// ARGV: member field (`gw:conn`), user, granted (0/1).
+/// Returns {status, head_seq, member_count, new_user (0/1)}.
+pub static JOIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0, 0, 0} end
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+  return {1, seq, redis.call('HLEN', KEYS[3]), 0}
+end
+if redis.call('HGET', KEYS[1], 'private') == '1' and ARGV[3] ~= '1' then return {-3, 0, 0, 0} end
+local max = tonumber(redis.call('HGET', KEYS[1], 'max') or '0')
+local mine = tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '0')
+if mine == 0 and max > 0 and redis.call('HLEN', KEYS[3]) >= max then return {-2, 0, 0, 0} end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+for i = 1, 4 do redis.call('PERSIST', KEYS[i]) end
+local new = 0
+if mine == 0 then new = 1 end
+return {1, seq, redis.call('HLEN', KEYS[3]), new}
+"#,
+    )
+});
+
+/// ARGV: member field, idle_ttl_secs.
+/// Returns {status (1 left, 0 was not in), member_count, user_gone (0/1), user}.
+pub static LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local user = redis.call('HGET', KEYS[2], ARGV[1])
+if not user then return {0, redis.call('HLEN', KEYS[3]), 0, ''} end
+redis.call('HDEL', KEYS[2], ARGV[1])
+local gone = 0
+if redis.call('HINCRBY', KEYS[3], user, -1) <= 0 then
+  redis.call('HDEL', KEYS[3], user)
+  gone = 1
+end
+local n = redis.call('HLEN', KEYS[3])
+if n == 0 then
+  for i = 1, 4 do
+    if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+  end
+end
+return {1, n, gone, user}
+"#,
+    )
+});
+
+/// ARGV: member field, now_ms, json head, json tail, history_max, cutoff_ms.
+/// The stored message is `head .. seq .. tail`.
+/// Returns {seq, message} or {-4, ''} when the connection is not a member.
+pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {-4, ''} end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local m = ARGV[3] .. seq .. ARGV[4]
+redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[5], seq .. '-0', 't', ARGV[2], 'm', m)
+local cutoff = tonumber(ARGV[6])
+local old = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 8)
+for _, e in ipairs(old) do
+  if tonumber(e[2][2]) < cutoff then redis.call('XDEL', KEYS[4], e[1]) else break end
+end
+return {seq, m}
+"#,
+    )
+});
+
+/// ARGV: start id, end id, count, reverse (0/1).
+/// Returns {status, head_seq, oldest entry (array, maybe empty), entries}.
+pub static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0, {}, {}} end
+local head = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local oldest = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)
+local items
+if ARGV[4] == '1' then
+  items = redis.call('XREVRANGE', KEYS[4], ARGV[2], ARGV[1], 'COUNT', ARGV[3])
+else
+  items = redis.call('XRANGE', KEYS[4], ARGV[1], ARGV[2], 'COUNT', ARGV[3])
+end
+return {1, head, oldest, items}
+"#,
+    )
+});

@@ -1,0 +1,154 @@
+//! The generic worker runner: subscribes a service to its request subjects
+//! (`sb.svc.<service>.*`) and to connection events as a queue group, decodes
+//! envelopes, bounds concurrency, and sends exactly one reply per request.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use switchboard_proto::bus::{ConnEvent, Error as BusErrorMsg, Interest, Reply, ReplayBatch, ReplayRequest, Request};
+use switchboard_shared::error::{ClientError, ErrorCode};
+use switchboard_shared::{Shutdown, bus, subjects};
+use tokio::sync::Semaphore;
+
+use crate::WorkerError;
+
+/// What a successful request produces.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// JSON for the client's `data`.
+    pub data: Vec<u8>,
+    pub attach: Vec<Interest>,
+    pub detach: Vec<String>,
+}
+
+impl Outcome {
+    pub fn json(v: &serde_json::Value) -> Self {
+        Self {
+            data: serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec()),
+            ..Self::default()
+        }
+    }
+}
+
+/// A worker service.
+pub trait Service: Send + Sync + 'static {
+    /// The service name: subject token and queue group.
+    fn name(&self) -> &'static str;
+
+    /// Handles one client request for `op`.
+    fn handle(&self, op: &str, req: Request) -> impl Future<Output = Result<Outcome, ClientError>> + Send;
+
+    /// Returns a range of a sequenced feed, for a gateway filling a gap.
+    fn replay(&self, req: ReplayRequest) -> impl Future<Output = Result<ReplayBatch, ClientError>> + Send;
+
+    /// Reacts to a connection event (one replica of the service gets each).
+    fn on_conn_event(&self, ev: ConnEvent) -> impl Future<Output = ()> + Send;
+}
+
+/// Parses a request's JSON payload into `T`, with a client-facing error.
+pub fn parse<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, ClientError> {
+    let payload: &[u8] = if req.payload.is_empty() { b"null" } else { &req.payload };
+    serde_json::from_slice(payload).map_err(|e| ClientError::new(ErrorCode::BadRequest, format!("invalid data: {e}")))
+}
+
+/// Serves `svc` until `shutdown`, then waits for in-flight handlers.
+pub async fn serve<S: Service>(
+    svc: Arc<S>,
+    nats: async_nats::Client,
+    concurrency: usize,
+    shutdown: Shutdown,
+) -> Result<(), WorkerError> {
+    let name = svc.name();
+    let mut requests = nats
+        .queue_subscribe(subjects::service_wildcard(name), name.to_owned())
+        .await?;
+    let mut events = nats.queue_subscribe(subjects::CONN_EVENTS, name.to_owned()).await?;
+    let limit = Arc::new(Semaphore::new(concurrency));
+    tracing::info!(service = name, "serving");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            msg = requests.next() => {
+                let Some(msg) = msg else { break };
+                let Ok(permit) = limit.clone().acquire_owned().await else { break };
+                let svc = svc.clone();
+                let nats = nats.clone();
+                tokio::spawn(async move {
+                    handle_request(&*svc, &nats, msg).await;
+                    drop(permit);
+                });
+            }
+            ev = events.next() => {
+                let Some(ev) = ev else { break };
+                match bus::decode::<ConnEvent>(&ev.payload) {
+                    Ok(ev) => {
+                        let Ok(permit) = limit.clone().acquire_owned().await else { break };
+                        let svc = svc.clone();
+                        tokio::spawn(async move {
+                            svc.on_conn_event(ev).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "dropping malformed connection event"),
+                }
+            }
+        }
+    }
+    let _ = requests.unsubscribe().await;
+    let _ = events.unsubscribe().await;
+    // Wait for in-flight handlers.
+    let _ = limit.acquire_many(concurrency as u32).await;
+    tracing::info!(service = name, "stopped");
+    Ok(())
+}
+
+fn error_reply(e: &ClientError) -> Reply {
+    Reply {
+        ok: false,
+        error: Some(BusErrorMsg {
+            code: e.code.as_str().to_owned(),
+            message: e.message.clone(),
+        }),
+        ..Reply::default()
+    }
+}
+
+async fn handle_request<S: Service>(svc: &S, nats: &async_nats::Client, msg: async_nats::Message) {
+    let Some(reply_to) = msg.reply.clone() else {
+        tracing::debug!(subject = %msg.subject, "request without reply subject dropped");
+        return;
+    };
+    let op = msg.subject.rsplit('.').next().unwrap_or_default().to_owned();
+    let reply = if op == subjects::REPLAY_OP {
+        match bus::decode::<ReplayRequest>(&msg.payload) {
+            Ok(req) => match svc.replay(req).await {
+                Ok(batch) => Reply {
+                    ok: true,
+                    data: bus::encode(&batch),
+                    ..Reply::default()
+                },
+                Err(e) => error_reply(&e),
+            },
+            Err(e) => error_reply(&ClientError::new(ErrorCode::BadRequest, e.to_string())),
+        }
+    } else {
+        match bus::decode::<Request>(&msg.payload) {
+            Ok(req) => match svc.handle(&op, req).await {
+                Ok(out) => Reply {
+                    ok: true,
+                    data: Bytes::from(out.data),
+                    error: None,
+                    attach: out.attach,
+                    detach: out.detach,
+                },
+                Err(e) => error_reply(&e),
+            },
+            Err(e) => error_reply(&ClientError::new(ErrorCode::BadRequest, e.to_string())),
+        }
+    };
+    if let Err(e) = nats.publish(reply_to, bus::encode(&reply)).await {
+        tracing::warn!(error = %e, "could not publish reply");
+    }
+}
