@@ -1,0 +1,179 @@
+//! The Switchboard edge gateway: terminates WebSockets (hyper 1 +
+//! fastwebsockets), authenticates them, turns client requests into bus
+//! envelopes on `sb.svc.<service>.<op>`, and writes replies and pushes back.
+//!
+//! It keeps only per-socket state in memory; losing a gateway loses sockets,
+//! never data. Codemap:
+//! - [`server`]: accept loop, HTTP routes, upgrade;
+//! - [`handshake`]: origin, subprotocol and token checks;
+//! - [`conn`]: one connection's reader and writer;
+//! - [`protocol`]: the client JSON frames;
+//! - [`registry`]: per-connection state and the bounded outbound queue;
+//! - [`router`]: the gateway's NATS wildcard subscription and request timeouts;
+//! - [`feeds`]: interest-based room subscriptions with seq ordering and gap
+//!   recovery.
+#![forbid(unsafe_code)]
+
+pub mod conn;
+pub mod feeds;
+pub mod handshake;
+pub mod protocol;
+pub mod registry;
+pub mod router;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use switchboard_proto::bus::{ConnEvent, ConnRef, conn_event};
+use switchboard_shared::auth::{AuthConfigError, Authenticator};
+use switchboard_shared::config::Config;
+use switchboard_shared::ids::GatewayId;
+use switchboard_shared::{Shutdown, bus, now_ms, subjects};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::feeds::{FeedConfig, Feeds};
+use crate::registry::Registry;
+use crate::router::Timeouts;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Auth(#[from] AuthConfigError),
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
+    #[error("NATS subscription failed: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Gateway-wide state shared by every task.
+pub struct State {
+    pub cfg: Config,
+    pub gw: GatewayId,
+    pub auth: Authenticator,
+    pub nats: async_nats::Client,
+    pub registry: Registry,
+    pub feeds: Feeds,
+    pub timeouts: Timeouts,
+    pub conn_limit: Arc<Semaphore>,
+    pub draining: AtomicBool,
+    pub started: Instant,
+    pub shutdown: Shutdown,
+}
+
+impl State {
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(std::sync::atomic::Ordering::Relaxed)
+            && self.nats.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+/// Binds the configured listen address.
+pub async fn bind(cfg: &Config) -> Result<TcpListener, GatewayError> {
+    let addr = cfg.gateway.listen;
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Bind { addr, source })
+}
+
+/// Runs a gateway on `listener` until `shutdown` fires; then closes every
+/// client with 1012 and returns once they are gone (bounded).
+pub async fn serve(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), GatewayError> {
+    let auth = Authenticator::from_config(&cfg.auth)?;
+    let gw = match &cfg.gateway.id {
+        Some(id) => GatewayId::parse(id).unwrap_or_else(|_| GatewayId::generate()),
+        None => GatewayId::generate(),
+    };
+    if cfg.auth.hs256_secret.as_deref() == Some(switchboard_shared::config::DEV_SECRET)
+        && cfg.auth.algorithms.iter().any(|a| a == "HS256")
+    {
+        tracing::warn!(
+            "using the built-in development secret: set auth.hs256_secret (SB_AUTH__HS256_SECRET) in production"
+        );
+    }
+    let nats = bus::connect(&cfg.nats, &format!("switchboard-gateway[{gw}]")).await?;
+    let sub = nats.subscribe(subjects::gateway_wildcard(&gw)).await?;
+    if let Err(e) = nats.flush().await {
+        tracing::warn!(error = %e, "NATS is not reachable yet; requests will fail until it is");
+    }
+    let feeds = Feeds::new(
+        nats.clone(),
+        FeedConfig {
+            reorder_window: Duration::from_millis(cfg.gateway.reorder_window_ms),
+            reorder_buffer: cfg.gateway.reorder_buffer,
+            request_timeout: Duration::from_millis(cfg.gateway.request_timeout_ms),
+            gateway: gw.to_string(),
+        },
+    );
+    let state = Arc::new(State {
+        conn_limit: Arc::new(Semaphore::new(cfg.gateway.max_connections)),
+        cfg,
+        gw,
+        auth,
+        nats,
+        registry: Registry::default(),
+        feeds,
+        timeouts: Timeouts::default(),
+        draining: AtomicBool::new(false),
+        started: Instant::now(),
+        shutdown: shutdown.clone(),
+    });
+    let addr = listener.local_addr().ok();
+    tracing::info!(gateway = %state.gw, ?addr, "gateway listening");
+
+    let router = tokio::spawn(router::route(state.clone(), sub));
+    let sweeper = tokio::spawn(router::sweep_timeouts(state.clone(), shutdown.clone()));
+    let heartbeat = tokio::spawn(heartbeat(state.clone()));
+    server::accept_loop(state.clone(), listener).await;
+
+    // Shutdown: writers see the signal and close their clients with 1012.
+    state
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !state.registry.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    heartbeat.abort();
+    sweeper.abort();
+    router.abort();
+    let _ = state.nats.flush().await;
+    tracing::info!(gateway = %state.gw, "gateway stopped");
+    Ok(())
+}
+
+/// Announces this gateway on `sb.evt.conn` so workers can tell it is alive.
+async fn heartbeat(state: Arc<State>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(
+        state.cfg.gateway.heartbeat_interval_ms,
+    ));
+    loop {
+        tick.tick().await;
+        let ev = ConnEvent {
+            kind: conn_event::Kind::Heartbeat as i32,
+            conn: Some(ConnRef {
+                gateway: state.gw.to_string(),
+                conn: 0,
+            }),
+            at_ms: now_ms(),
+            count: state.registry.len() as u64,
+            ..ConnEvent::default()
+        };
+        let _ = state
+            .nats
+            .publish(subjects::CONN_EVENTS, bus::encode(&ev))
+            .await;
+    }
+}

@@ -39,7 +39,9 @@ impl Identity {
 /// never contains the token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("no token: send `Authorization: Bearer <token>`, a `bearer.<token>` subprotocol, or `?token=`")]
+    #[error(
+        "no token: send `Authorization: Bearer <token>`, a `bearer.<token>` subprotocol, or `?token=`"
+    )]
     Missing,
     #[error("token is malformed")]
     Malformed,
@@ -86,7 +88,10 @@ pub struct Authenticator {
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
-            .field("algorithms", &self.keys.iter().map(|(a, _)| *a).collect::<Vec<_>>())
+            .field(
+                "algorithms",
+                &self.keys.iter().map(|(a, _)| *a).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -98,23 +103,35 @@ impl Authenticator {
             let (alg, key) = match alg.as_str() {
                 "HS256" => (
                     Algorithm::HS256,
-                    DecodingKey::from_secret(cfg.hs256_secret.as_deref().unwrap_or_default().as_bytes()),
+                    DecodingKey::from_secret(
+                        cfg.hs256_secret.as_deref().unwrap_or_default().as_bytes(),
+                    ),
                 ),
                 "RS256" => (
                     Algorithm::RS256,
-                    DecodingKey::from_rsa_pem(cfg.rs256_public_key.as_deref().unwrap_or_default().as_bytes())
-                        .map_err(|source| AuthConfigError::Key {
-                            key: "auth.rs256_public_key",
-                            source,
-                        })?,
+                    DecodingKey::from_rsa_pem(
+                        cfg.rs256_public_key
+                            .as_deref()
+                            .unwrap_or_default()
+                            .as_bytes(),
+                    )
+                    .map_err(|source| AuthConfigError::Key {
+                        key: "auth.rs256_public_key",
+                        source,
+                    })?,
                 ),
                 "ES256" => (
                     Algorithm::ES256,
-                    DecodingKey::from_ec_pem(cfg.es256_public_key.as_deref().unwrap_or_default().as_bytes())
-                        .map_err(|source| AuthConfigError::Key {
-                            key: "auth.es256_public_key",
-                            source,
-                        })?,
+                    DecodingKey::from_ec_pem(
+                        cfg.es256_public_key
+                            .as_deref()
+                            .unwrap_or_default()
+                            .as_bytes(),
+                    )
+                    .map_err(|source| AuthConfigError::Key {
+                        key: "auth.es256_public_key",
+                        source,
+                    })?,
                 ),
                 other => return Err(AuthConfigError::Algorithm(other.to_owned())),
             };
@@ -137,9 +154,9 @@ impl Authenticator {
     /// Verifies `token` and returns who it names.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
-            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
-                AuthError::Algorithm
-            }
+            ErrorKind::InvalidAlgorithm
+            | ErrorKind::InvalidAlgorithmName
+            | ErrorKind::UnsupportedAlgorithm => AuthError::Algorithm,
             _ => AuthError::Malformed,
         })?;
         let (alg, key) = self
@@ -159,16 +176,18 @@ impl Authenticator {
         if let Some(iss) = &self.issuer {
             validation.set_issuer(&[iss]);
         }
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation).map_err(|e| match e.kind() {
-            ErrorKind::InvalidSignature => AuthError::Signature,
-            ErrorKind::ExpiredSignature => AuthError::Expired,
-            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-            ErrorKind::InvalidAudience => AuthError::Audience,
-            ErrorKind::InvalidIssuer => AuthError::Issuer,
-            ErrorKind::InvalidAlgorithm => AuthError::Algorithm,
-            ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
-            _ => AuthError::Malformed,
-        })?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::InvalidSignature => AuthError::Signature,
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidAudience => AuthError::Audience,
+                ErrorKind::InvalidIssuer => AuthError::Issuer,
+                ErrorKind::InvalidAlgorithm => AuthError::Algorithm,
+                ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
+                _ => AuthError::Malformed,
+            },
+        )?;
         self.identity(&data.claims)
     }
 
@@ -187,9 +206,11 @@ impl Authenticator {
             claim: "sub".into(),
             reason: e.to_string(),
         })?;
-        let tenant = TenantId::parse(string_claim(&self.tenant_claim)?).map_err(|e| AuthError::BadClaim {
-            claim: self.tenant_claim.clone(),
-            reason: e.to_string(),
+        let tenant = TenantId::parse(string_claim(&self.tenant_claim)?).map_err(|e| {
+            AuthError::BadClaim {
+                claim: self.tenant_claim.clone(),
+                reason: e.to_string(),
+            }
         })?;
         let grants = match claims.get("rooms") {
             None | Some(Value::Null) => Vec::new(),
@@ -210,7 +231,10 @@ impl Authenticator {
                 });
             }
         };
-        let expires_at = claims.get("exp").and_then(Value::as_u64).unwrap_or_default();
+        let expires_at = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .unwrap_or_default();
         Ok(Identity {
             tenant,
             user,
@@ -225,7 +249,10 @@ impl Authenticator {
         let secret = self.hs_secret.as_deref().ok_or(MintError::NoSecret)?;
         let mut map = Map::new();
         map.insert("sub".into(), Value::String(claims.user.clone()));
-        map.insert(self.tenant_claim.clone(), Value::String(claims.tenant.clone()));
+        map.insert(
+            self.tenant_claim.clone(),
+            Value::String(claims.tenant.clone()),
+        );
         map.insert("exp".into(), Value::from(claims.expires_at));
         map.insert("iat".into(), Value::from(crate::now_ms() / 1000));
         if !claims.rooms.is_empty() {
@@ -237,8 +264,12 @@ impl Authenticator {
         if let Some(iss) = &self.issuer {
             map.insert("iss".into(), Value::String(iss.clone()));
         }
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &map, &EncodingKey::from_secret(secret))
-            .map_err(MintError::Encode)
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &map,
+            &EncodingKey::from_secret(secret),
+        )
+        .map_err(MintError::Encode)
     }
 }
 
@@ -302,7 +333,9 @@ mod tests {
         let a = auth(None);
         let mut claims = TokenClaims::new("demo", "alice", 60);
         claims.rooms = vec!["couple-*".into()];
-        let id = a.verify(&a.mint(&claims).unwrap_or_else(|e| panic!("{e}"))).unwrap_or_else(|e| panic!("{e}"));
+        let id = a
+            .verify(&a.mint(&claims).unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(id.tenant.as_str(), "demo");
         assert_eq!(id.user.as_str(), "alice");
         assert!(Identity::may_access(&id.grants, "couple-1"));
@@ -313,21 +346,38 @@ mod tests {
     fn bad_tokens_get_specific_errors() {
         let a = auth(Some("switchboard"));
         let secret = crate::config::DEV_SECRET;
-        let ok = serde_json::json!({"sub": "u", "app": "demo", "exp": exp_in(60), "aud": "switchboard"});
+        let ok =
+            serde_json::json!({"sub": "u", "app": "demo", "exp": exp_in(60), "aud": "switchboard"});
         assert!(a.verify(&sign(&ok, secret)).is_ok());
         assert_eq!(a.verify(&sign(&ok, "wrong")), Err(AuthError::Signature));
         let expired = serde_json::json!({"sub": "u", "app": "demo", "exp": exp_in(-3600), "aud": "switchboard"});
         assert_eq!(a.verify(&sign(&expired, secret)), Err(AuthError::Expired));
         let no_exp = serde_json::json!({"sub": "u", "app": "demo", "aud": "switchboard"});
-        assert_eq!(a.verify(&sign(&no_exp, secret)), Err(AuthError::MissingClaim("exp".into())));
-        let wrong_aud = serde_json::json!({"sub": "u", "app": "demo", "exp": exp_in(60), "aud": "other"});
-        assert_eq!(a.verify(&sign(&wrong_aud, secret)), Err(AuthError::Audience));
+        assert_eq!(
+            a.verify(&sign(&no_exp, secret)),
+            Err(AuthError::MissingClaim("exp".into()))
+        );
+        let wrong_aud =
+            serde_json::json!({"sub": "u", "app": "demo", "exp": exp_in(60), "aud": "other"});
+        assert_eq!(
+            a.verify(&sign(&wrong_aud, secret)),
+            Err(AuthError::Audience)
+        );
         let future = serde_json::json!({"sub": "u", "app": "demo", "exp": exp_in(600), "nbf": exp_in(300), "aud": "switchboard"});
-        assert_eq!(a.verify(&sign(&future, secret)), Err(AuthError::NotYetValid));
+        assert_eq!(
+            a.verify(&sign(&future, secret)),
+            Err(AuthError::NotYetValid)
+        );
         let bad_tenant = serde_json::json!({"sub": "u", "app": "de.mo", "exp": exp_in(60), "aud": "switchboard"});
-        assert!(matches!(a.verify(&sign(&bad_tenant, secret)), Err(AuthError::BadClaim { .. })));
+        assert!(matches!(
+            a.verify(&sign(&bad_tenant, secret)),
+            Err(AuthError::BadClaim { .. })
+        ));
         let no_tenant = serde_json::json!({"sub": "u", "exp": exp_in(60), "aud": "switchboard"});
-        assert_eq!(a.verify(&sign(&no_tenant, secret)), Err(AuthError::MissingClaim("app".into())));
+        assert_eq!(
+            a.verify(&sign(&no_tenant, secret)),
+            Err(AuthError::MissingClaim("app".into()))
+        );
         assert_eq!(a.verify("not a token"), Err(AuthError::Malformed));
     }
 
@@ -338,7 +388,10 @@ mod tests {
         let body = encode(format!(r#"{{"sub":"u","app":"demo","exp":{}}}"#, exp_in(60)).as_bytes());
         let token = format!("{header}.{body}.");
         let err = auth(None).verify(&token);
-        assert!(matches!(err, Err(AuthError::Algorithm | AuthError::Malformed)), "{err:?}");
+        assert!(
+            matches!(err, Err(AuthError::Algorithm | AuthError::Malformed)),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -360,7 +413,11 @@ mod tests {
         pub fn encode(input: &[u8]) -> String {
             let mut out = String::new();
             for chunk in input.chunks(3) {
-                let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+                let b = [
+                    chunk[0],
+                    *chunk.get(1).unwrap_or(&0),
+                    *chunk.get(2).unwrap_or(&0),
+                ];
                 let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
                 for i in 0..=chunk.len() {
                     out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 /// warns loudly when it runs with it.
 pub const DEV_SECRET: &str = "switchboard-dev-secret-change-me";
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub nats: NatsConfig,
@@ -134,20 +134,6 @@ pub struct LogConfig {
     pub filter: String,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            nats: NatsConfig::default(),
-            redis: RedisConfig::default(),
-            auth: AuthConfig::default(),
-            gateway: GatewayConfig::default(),
-            workers: WorkersConfig::default(),
-            rooms: RoomsConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
-}
-
 impl Default for NatsConfig {
     fn default() -> Self {
         Self {
@@ -263,20 +249,33 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: String| Err(ConfigError::Invalid { key, message });
+        let invalid =
+            |key: &'static str, message: String| Err(ConfigError::Invalid { key, message });
         if self.auth.algorithms.is_empty() {
-            return invalid("auth.algorithms", "at least one algorithm is required".into());
+            return invalid(
+                "auth.algorithms",
+                "at least one algorithm is required".into(),
+            );
         }
         for alg in &self.auth.algorithms {
             match alg.as_str() {
                 "HS256" if self.auth.hs256_secret.as_deref().is_none_or(str::is_empty) => {
-                    return invalid("auth.hs256_secret", "HS256 is enabled but no secret is set".into());
+                    return invalid(
+                        "auth.hs256_secret",
+                        "HS256 is enabled but no secret is set".into(),
+                    );
                 }
                 "RS256" if self.auth.rs256_public_key.is_none() => {
-                    return invalid("auth.rs256_public_key", "RS256 is enabled but no key is set".into());
+                    return invalid(
+                        "auth.rs256_public_key",
+                        "RS256 is enabled but no key is set".into(),
+                    );
                 }
                 "ES256" if self.auth.es256_public_key.is_none() => {
-                    return invalid("auth.es256_public_key", "ES256 is enabled but no key is set".into());
+                    return invalid(
+                        "auth.es256_public_key",
+                        "ES256 is enabled but no key is set".into(),
+                    );
                 }
                 "HS256" | "RS256" | "ES256" => {}
                 other => {
@@ -320,11 +319,17 @@ impl Config {
         }
         for s in &g.services {
             if !crate::subjects::is_op_name(s) {
-                return invalid("gateway.services", format!("{s:?} is not a valid service name"));
+                return invalid(
+                    "gateway.services",
+                    format!("{s:?} is not a valid service name"),
+                );
             }
         }
         if !matches!(self.log.format.as_str(), "pretty" | "json") {
-            return invalid("log.format", format!("{:?} is not `pretty` or `json`", self.log.format));
+            return invalid(
+                "log.format",
+                format!("{:?} is not `pretty` or `json`", self.log.format),
+            );
         }
         Ok(())
     }
@@ -336,7 +341,9 @@ mod tests {
     use figment::providers::{Format, Toml};
 
     fn from_toml(s: &str) -> Result<Config, ConfigError> {
-        Config::from_figment(Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(s)))
+        Config::from_figment(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(s)),
+        )
     }
 
     #[test]
@@ -356,27 +363,45 @@ mod tests {
 
     #[test]
     fn a_bad_value_names_its_key() {
-        let err = from_toml("[gateway]\nlisten = \"nowhere\"\n").err().map(|e| e.to_string());
+        let err = from_toml("[gateway]\nlisten = \"nowhere\"\n")
+            .err()
+            .map(|e| e.to_string());
         let err = err.unwrap_or_default();
         assert!(err.contains("listen"), "{err}");
-        let err = from_toml("[gateway]\nmax_inflight = 0\n").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = from_toml("[gateway]\nmax_inflight = 0\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("gateway.max_inflight"), "{err}");
-        let err = from_toml("[auth]\nalgorithms = [\"none\"]\n").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = from_toml("[auth]\nalgorithms = [\"none\"]\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("auth.algorithms"), "{err}");
-        let err = from_toml("[gateway]\nlistne = \"x\"\n").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = from_toml("[gateway]\nlistne = \"x\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("listne"), "{err}");
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API
     fn environment_overrides_file() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("sb.toml", "[gateway]\nmax_inflight = 7\nrequest_timeout_ms = 9\n")?;
+            jail.create_file(
+                "sb.toml",
+                "[gateway]\nmax_inflight = 7\nrequest_timeout_ms = 9\n",
+            )?;
             jail.set_env("SB_GATEWAY__MAX_INFLIGHT", "11");
             let cfg = Config::load(Some(Path::new("sb.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(cfg.gateway.max_inflight, 11);
             assert_eq!(cfg.gateway.request_timeout_ms, 9);
             jail.set_env("SB_GATEWAY__MAX_INFLIGHT", "lots");
-            let err = Config::load(Some(Path::new("sb.toml"))).err().map(|e| e.to_string()).unwrap_or_default();
+            let err = Config::load(Some(Path::new("sb.toml")))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(err.to_lowercase().contains("gateway.max_inflight"), "{err}");
             Ok(())
         });

@@ -177,14 +177,26 @@ mod tests {
     #[test]
     fn token_ids_refuse_subject_and_key_syntax() {
         for bad in [
-            "", "a.b", "*", ">", "a b", "a\tb", "a:b", "{a}", "sb.room.x", "é",
+            "",
+            "a.b",
+            "*",
+            ">",
+            "a b",
+            "a\tb",
+            "a:b",
+            "{a}",
+            "sb.room.x",
+            "é",
         ] {
             assert!(RoomId::parse(bad).is_err(), "{bad:?} accepted");
             assert!(TenantId::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(RoomId::parse(&"x".repeat(MAX_ID_LEN + 1)).is_err());
         assert!(RoomId::parse(&"x".repeat(MAX_ID_LEN)).is_ok());
-        assert_eq!(RoomId::parse("Couple_42-a").map(|r| r.0), Ok("Couple_42-a".into()));
+        assert_eq!(
+            RoomId::parse("Couple_42-a").map(|r| r.0),
+            Ok("Couple_42-a".into())
+        );
     }
 
     #[test]
@@ -209,7 +221,12 @@ mod tests {
         assert!(UserId::parse(&"u".repeat(MAX_USER_LEN + 1)).is_err());
         // Different ids never share an encoding.
         let tricky = UserId::parse("~626f62").unwrap_or_else(|e| panic!("{e}"));
-        assert_ne!(tricky.encoded(), UserId::parse("bob").map(|u| u.encoded()).unwrap_or_default());
+        assert_ne!(
+            tricky.encoded(),
+            UserId::parse("bob")
+                .map(|u| u.encoded())
+                .unwrap_or_default()
+        );
         assert!(tricky.encoded().starts_with("~7e"));
     }
 }

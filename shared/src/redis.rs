@@ -20,6 +20,8 @@ pub async fn connect(cfg: &RedisConfig) -> Result<Pool, RedisError> {
     pc.pool = Some(deadpool_redis::PoolConfig::new(cfg.pool_size));
     let pool = pc.create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
     let mut conn = pool.get().await?;
-    let _: String = deadpool_redis::redis::cmd("PING").query_async(&mut conn).await?;
+    let _: String = deadpool_redis::redis::cmd("PING")
+        .query_async(&mut conn)
+        .await?;
     Ok(pool)
 }

@@ -1,0 +1,14 @@
+//! Test harness for Switchboard: real `nats-server` and `redis-server`
+//! processes on free ports (stopped on Drop), gateways and workers started
+//! in-process against them, and a WebSocket client that speaks the client
+//! protocol. Every wait has a deadline, so a broken build fails instead of
+//! hanging.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod servers;
+pub mod stack;
+
+pub use client::{Client, ConnectError};
+pub use servers::{NatsServer, RedisServer};
+pub use stack::{Gateway, Stack, Workers};

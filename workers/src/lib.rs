@@ -24,39 +24,75 @@ pub enum WorkerError {
     UnknownService(String),
     #[error("NATS subscription failed: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
+    #[error("NATS flush failed: {0}")]
+    Flush(#[from] async_nats::client::FlushError),
 }
 
-/// Runs the named services until `shutdown` fires, then drains in-flight
-/// requests and returns.
-pub async fn run(cfg: Config, services: &[String], shutdown: Shutdown) -> Result<(), WorkerError> {
+/// Running services, ready to serve: every subscription is in place.
+pub struct Running {
+    nats: async_nats::Client,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), WorkerError>>>,
+}
+
+impl Running {
+    /// Waits until the services stop (after `shutdown` fired).
+    pub async fn wait(self) -> Result<(), WorkerError> {
+        for t in self.tasks {
+            match t.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(e) => tracing::error!(error = %e, "service task failed"),
+            }
+        }
+        // Make sure everything published on the way out reaches the server.
+        let _ = self.nats.flush().await;
+        Ok(())
+    }
+}
+
+/// Connects, subscribes the named services and starts serving; returns once
+/// the subscriptions are confirmed by the NATS server.
+pub async fn start(
+    cfg: Config,
+    services: &[String],
+    shutdown: Shutdown,
+) -> Result<Running, WorkerError> {
     for s in services {
         if !SERVICES.contains(&s.as_str()) {
             return Err(WorkerError::UnknownService(s.clone()));
         }
     }
-    let nats = bus::connect(&cfg.nats, &format!("switchboard-workers[{}]", services.join(","))).await?;
+    let nats = bus::connect(
+        &cfg.nats,
+        &format!("switchboard-workers[{}]", services.join(",")),
+    )
+    .await?;
     let pool = redis::connect(&cfg.redis).await?;
     let cfg = Arc::new(cfg);
     let mut tasks = Vec::new();
     for s in services {
         if s.as_str() == "rooms" {
-            let svc = Arc::new(rooms::Rooms::new(nats.clone(), pool.clone(), cfg.rooms.clone()));
+            let svc = Arc::new(rooms::Rooms::new(
+                nats.clone(),
+                pool.clone(),
+                cfg.rooms.clone(),
+            ));
+            let subs = service::subscribe(&nats, "rooms").await?;
             tasks.push(tokio::spawn(service::serve(
                 svc,
+                subs,
                 nats.clone(),
                 cfg.workers.concurrency,
                 shutdown.clone(),
             )));
         }
     }
-    for t in tasks {
-        match t.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(e) => tracing::error!(error = %e, "service task failed"),
-        }
-    }
-    // Make sure everything published on the way out reaches the server.
-    let _ = nats.flush().await;
-    Ok(())
+    nats.flush().await?;
+    Ok(Running { nats, tasks })
+}
+
+/// Runs the named services until `shutdown` fires, then drains in-flight
+/// requests and returns.
+pub async fn run(cfg: Config, services: &[String], shutdown: Shutdown) -> Result<(), WorkerError> {
+    start(cfg, services, shutdown).await?.wait().await
 }

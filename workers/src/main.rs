@@ -13,7 +13,11 @@ use switchboard_shared::config::Config;
 use switchboard_shared::{Shutdown, telemetry};
 
 #[derive(Parser)]
-#[command(name = "switchboard-workers", version, about = "Switchboard worker services")]
+#[command(
+    name = "switchboard-workers",
+    version,
+    about = "Switchboard worker services"
+)]
 struct Args {
     /// TOML config file (defaults, then this file, then SB_ environment variables).
     #[arg(long, env = "SB_CONFIG")]
@@ -29,7 +33,10 @@ async fn main() -> anyhow::Result<()> {
     let cfg = Config::load(args.config.as_deref()).context("loading configuration")?;
     telemetry::init(&cfg.log);
     let services: Vec<String> = if args.services.iter().any(|s| s == "all") {
-        switchboard_workers::SERVICES.iter().map(|s| (*s).to_owned()).collect()
+        switchboard_workers::SERVICES
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
     } else {
         args.services
     };
@@ -48,7 +55,9 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use switchboard_proto::bus::{ConnEvent, Error as BusErrorMsg, Interest, Reply, ReplayBatch, ReplayRequest, Request};
+use switchboard_proto::bus::{
+    ConnEvent, Error as BusErrorMsg, Interest, ReplayBatch, ReplayRequest, Reply, Request,
+};
 use switchboard_shared::error::{ClientError, ErrorCode};
 use switchboard_shared::{Shutdown, bus, subjects};
 use tokio::sync::Semaphore;
@@ -38,10 +40,17 @@ pub trait Service: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// Handles one client request for `op`.
-    fn handle(&self, op: &str, req: Request) -> impl Future<Output = Result<Outcome, ClientError>> + Send;
+    fn handle(
+        &self,
+        op: &str,
+        req: Request,
+    ) -> impl Future<Output = Result<Outcome, ClientError>> + Send;
 
     /// Returns a range of a sequenced feed, for a gateway filling a gap.
-    fn replay(&self, req: ReplayRequest) -> impl Future<Output = Result<ReplayBatch, ClientError>> + Send;
+    fn replay(
+        &self,
+        req: ReplayRequest,
+    ) -> impl Future<Output = Result<ReplayBatch, ClientError>> + Send;
 
     /// Reacts to a connection event (one replica of the service gets each).
     fn on_conn_event(&self, ev: ConnEvent) -> impl Future<Output = ()> + Send;
@@ -49,22 +58,49 @@ pub trait Service: Send + Sync + 'static {
 
 /// Parses a request's JSON payload into `T`, with a client-facing error.
 pub fn parse<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, ClientError> {
-    let payload: &[u8] = if req.payload.is_empty() { b"null" } else { &req.payload };
-    serde_json::from_slice(payload).map_err(|e| ClientError::new(ErrorCode::BadRequest, format!("invalid data: {e}")))
+    let payload: &[u8] = if req.payload.is_empty() {
+        b"null"
+    } else {
+        &req.payload
+    };
+    serde_json::from_slice(payload)
+        .map_err(|e| ClientError::new(ErrorCode::BadRequest, format!("invalid data: {e}")))
+}
+
+/// A service's queue-group subscriptions: its requests and connection events.
+pub struct Subscriptions {
+    requests: async_nats::Subscriber,
+    events: async_nats::Subscriber,
+}
+
+/// Subscribes the queue group `name` to its subjects.
+pub async fn subscribe(
+    nats: &async_nats::Client,
+    name: &str,
+) -> Result<Subscriptions, WorkerError> {
+    Ok(Subscriptions {
+        requests: nats
+            .queue_subscribe(subjects::service_wildcard(name), name.to_owned())
+            .await?,
+        events: nats
+            .queue_subscribe(subjects::CONN_EVENTS, name.to_owned())
+            .await?,
+    })
 }
 
 /// Serves `svc` until `shutdown`, then waits for in-flight handlers.
 pub async fn serve<S: Service>(
     svc: Arc<S>,
+    subs: Subscriptions,
     nats: async_nats::Client,
     concurrency: usize,
     shutdown: Shutdown,
 ) -> Result<(), WorkerError> {
     let name = svc.name();
-    let mut requests = nats
-        .queue_subscribe(subjects::service_wildcard(name), name.to_owned())
-        .await?;
-    let mut events = nats.queue_subscribe(subjects::CONN_EVENTS, name.to_owned()).await?;
+    let Subscriptions {
+        mut requests,
+        mut events,
+    } = subs;
     let limit = Arc::new(Semaphore::new(concurrency));
     tracing::info!(service = name, "serving");
     loop {
@@ -120,7 +156,12 @@ async fn handle_request<S: Service>(svc: &S, nats: &async_nats::Client, msg: asy
         tracing::debug!(subject = %msg.subject, "request without reply subject dropped");
         return;
     };
-    let op = msg.subject.rsplit('.').next().unwrap_or_default().to_owned();
+    let op = msg
+        .subject
+        .rsplit('.')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     let reply = if op == subjects::REPLAY_OP {
         match bus::decode::<ReplayRequest>(&msg.payload) {
             Ok(req) => match svc.replay(req).await {

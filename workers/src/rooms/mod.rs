@@ -16,7 +16,9 @@ use deadpool_redis::redis::{self, Value};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
-use switchboard_proto::bus::{ConnEvent, ConnRef, Interest, Push, ReplayBatch, ReplayItem, ReplayRequest, Request, conn_event};
+use switchboard_proto::bus::{
+    ConnEvent, ConnRef, Interest, Push, ReplayBatch, ReplayItem, ReplayRequest, Request, conn_event,
+};
 use switchboard_shared::auth::Identity;
 use switchboard_shared::config::RoomsConfig;
 use switchboard_shared::error::{ClientError, ErrorCode};
@@ -45,7 +47,9 @@ struct Caller {
 
 impl Caller {
     fn from_request(req: &Request) -> Result<Self, ClientError> {
-        let bad = |what: &str| ClientError::new(ErrorCode::Internal, format!("malformed envelope: {what}"));
+        let bad = |what: &str| {
+            ClientError::new(ErrorCode::Internal, format!("malformed envelope: {what}"))
+        };
         let conn = req.conn.as_ref().ok_or_else(|| bad("conn"))?;
         Ok(Self {
             tenant: TenantId::parse(&req.tenant).map_err(|_| bad("tenant"))?,
@@ -137,12 +141,24 @@ impl Rooms {
     }
 
     async fn push(&self, tenant: &TenantId, room: &RoomId, push: Push) {
-        if let Err(e) = self.nats.publish(subjects::room(tenant, room), bus::encode(&push)).await {
+        if let Err(e) = self
+            .nats
+            .publish(subjects::room(tenant, room), bus::encode(&push))
+            .await
+        {
             tracing::warn!(error = %e, "could not publish to room");
         }
     }
 
-    async fn member_event(&self, event: &str, tenant: &TenantId, room: &RoomId, user: &UserId, members: i64, origin: ConnRef) {
+    async fn member_event(
+        &self,
+        event: &str,
+        tenant: &TenantId,
+        room: &RoomId,
+        user: &UserId,
+        members: i64,
+        origin: ConnRef,
+    ) {
         let frame = json!({"event": event, "data": {"room": room.as_str(), "user": user.as_str(), "members": members}});
         let push = Push {
             frame: serde_json::to_vec(&frame).unwrap_or_default().into(),
@@ -155,7 +171,12 @@ impl Rooms {
 
     /// Whether the caller may read a room: public rooms are open to the whole
     /// app; private ones need a grant or membership.
-    async fn check_readable(&self, c: &Caller, room: &RoomId, k: &RoomKeys) -> Result<(), ClientError> {
+    async fn check_readable(
+        &self,
+        c: &Caller,
+        room: &RoomId,
+        k: &RoomKeys,
+    ) -> Result<(), ClientError> {
         let mut r = self.conn().await?;
         let (private, member): (Option<String>, bool) = redis::pipe()
             .hget(&k.meta, "private")
@@ -164,7 +185,10 @@ impl Rooms {
             .await
             .map_err(internal)?;
         match private.as_deref() {
-            None => Err(ClientError::new(ErrorCode::NotFound, format!("no room {room}"))),
+            None => Err(ClientError::new(
+                ErrorCode::NotFound,
+                format!("no room {room}"),
+            )),
             Some("1") if !member && !Identity::may_access(&c.grants, room.as_str()) => {
                 Err(ClientError::new(ErrorCode::Forbidden, "private room"))
             }
@@ -186,7 +210,10 @@ impl Rooms {
         let max = req.max_members.unwrap_or(0);
         let cap = self.cfg.max_members_cap;
         if cap > 0 && max > cap {
-            return Err(ClientError::new(ErrorCode::BadRequest, format!("max_members is at most {cap}")));
+            return Err(ClientError::new(
+                ErrorCode::BadRequest,
+                format!("max_members is at most {cap}"),
+            ));
         }
         let k = RoomKeys::new(&c.tenant, &room);
         let mut r = self.conn().await?;
@@ -201,9 +228,14 @@ impl Rooms {
             .await
             .map_err(internal)?;
         if created == 0 {
-            return Err(ClientError::new(ErrorCode::AlreadyExists, format!("room {room} exists")));
+            return Err(ClientError::new(
+                ErrorCode::AlreadyExists,
+                format!("room {room} exists"),
+            ));
         }
-        Ok(Outcome::json(&json!({"room": room.as_str(), "max_members": max, "private": req.private})))
+        Ok(Outcome::json(
+            &json!({"room": room.as_str(), "max_members": max, "private": req.private}),
+        ))
     }
 
     async fn join(&self, c: &Caller, req: JoinReq) -> Result<Outcome, ClientError> {
@@ -213,7 +245,12 @@ impl Rooms {
         let conn_rooms = keys::conn_rooms(&c.gw, c.conn);
         let granted = Identity::may_access(&c.grants, room.as_str());
         let mut r = self.conn().await?;
-        let _: () = redis::cmd("SADD").arg(&conn_rooms).arg(&index).query_async(&mut r).await.map_err(internal)?;
+        let _: () = redis::cmd("SADD")
+            .arg(&conn_rooms)
+            .arg(&index)
+            .query_async(&mut r)
+            .await
+            .map_err(internal)?;
         let res: Vec<i64> = scripts::JOIN
             .key(k.all().as_slice())
             .arg(c.member())
@@ -228,9 +265,24 @@ impl Rooms {
         };
         match status {
             1 => {}
-            -1 => return Err(ClientError::new(ErrorCode::NotFound, format!("no room {room}"))),
-            -2 => return Err(ClientError::new(ErrorCode::RoomFull, format!("room {room} is full"))),
-            -3 => return Err(ClientError::new(ErrorCode::Forbidden, "private room: the token has no grant for it")),
+            -1 => {
+                return Err(ClientError::new(
+                    ErrorCode::NotFound,
+                    format!("no room {room}"),
+                ));
+            }
+            -2 => {
+                return Err(ClientError::new(
+                    ErrorCode::RoomFull,
+                    format!("room {room} is full"),
+                ));
+            }
+            -3 => {
+                return Err(ClientError::new(
+                    ErrorCode::Forbidden,
+                    "private room: the token has no grant for it",
+                ));
+            }
             other => return Err(internal(format!("JOIN status {other}"))),
         }
         // A disconnect processed meanwhile means this membership must not stay.
@@ -241,15 +293,27 @@ impl Rooms {
             .map_err(internal)?;
         if gone {
             self.leave_conn(&c.tenant, &room, &c.gw, c.conn).await;
-            return Err(ClientError::new(ErrorCode::NotFound, "connection is closed"));
+            return Err(ClientError::new(
+                ErrorCode::NotFound,
+                "connection is closed",
+            ));
         }
         drop(r);
         if new_user == 1 {
-            self.member_event("member_joined", &c.tenant, &room, &c.user, members, c.origin()).await;
+            self.member_event(
+                "member_joined",
+                &c.tenant,
+                &room,
+                &c.user,
+                members,
+                c.origin(),
+            )
+            .await;
         }
         let seq = seq.max(0) as u64;
         let after = req.after.map_or(seq, |a| a.min(seq));
-        let mut out = Outcome::json(&json!({"room": room.as_str(), "members": members, "seq": seq}));
+        let mut out =
+            Outcome::json(&json!({"room": room.as_str(), "members": members, "seq": seq}));
         out.attach.push(Interest {
             subject: subjects::room(&c.tenant, &room),
             after_seq: after,
@@ -261,7 +325,13 @@ impl Rooms {
 
     /// Removes one connection from one room, announcing the user's departure
     /// when it was their last connection there. Returns the member count.
-    async fn leave_conn(&self, tenant: &TenantId, room: &RoomId, gw: &GatewayId, conn: u64) -> Option<i64> {
+    async fn leave_conn(
+        &self,
+        tenant: &TenantId,
+        room: &RoomId,
+        gw: &GatewayId,
+        conn: u64,
+    ) -> Option<i64> {
         let k = RoomKeys::new(tenant, room);
         let mut r = self.conn().await.ok()?;
         let res: Result<(i64, i64, i64, String), _> = scripts::LEAVE
@@ -285,7 +355,8 @@ impl Rooms {
                         gateway: gw.to_string(),
                         conn,
                     };
-                    self.member_event("member_left", tenant, room, &user, members, origin).await;
+                    self.member_event("member_left", tenant, room, &user, members, origin)
+                        .await;
                 }
                 Some(members)
             }
@@ -335,7 +406,10 @@ impl Rooms {
             .map_err(internal)?;
         drop(r);
         if seq < 0 {
-            return Err(ClientError::new(ErrorCode::NotMember, format!("join room {room} before publishing")));
+            return Err(ClientError::new(
+                ErrorCode::NotMember,
+                format!("join room {room} before publishing"),
+            ));
         }
         let push = Push {
             frame: message_frame(&message).into(),
@@ -344,7 +418,9 @@ impl Rooms {
             echo: req.echo,
         };
         self.push(&c.tenant, &room, push).await;
-        Ok(Outcome::json(&json!({"room": room.as_str(), "seq": seq, "ts": ts})))
+        Ok(Outcome::json(
+            &json!({"room": room.as_str(), "seq": seq, "ts": ts}),
+        ))
     }
 
     async fn members(&self, c: &Caller, req: RoomReq) -> Result<Outcome, ClientError> {
@@ -352,9 +428,18 @@ impl Rooms {
         let k = RoomKeys::new(&c.tenant, &room);
         self.check_readable(c, &room, &k).await?;
         let mut r = self.conn().await?;
-        let users: Vec<(String, i64)> = redis::cmd("HGETALL").arg(&k.users).query_async(&mut r).await.map_err(internal)?;
-        let list: Vec<_> = users.iter().map(|(u, n)| json!({"user": u, "connections": n})).collect();
-        Ok(Outcome::json(&json!({"room": room.as_str(), "count": list.len(), "members": list})))
+        let users: Vec<(String, i64)> = redis::cmd("HGETALL")
+            .arg(&k.users)
+            .query_async(&mut r)
+            .await
+            .map_err(internal)?;
+        let list: Vec<_> = users
+            .iter()
+            .map(|(u, n)| json!({"user": u, "connections": n}))
+            .collect();
+        Ok(Outcome::json(
+            &json!({"room": room.as_str(), "count": list.len(), "members": list}),
+        ))
     }
 
     async fn info(&self, c: &Caller, req: RoomReq) -> Result<Outcome, ClientError> {
@@ -386,19 +471,43 @@ impl Rooms {
         self.check_readable(c, &room, &k).await?;
         let limit = req.limit.unwrap_or(50).clamp(1, self.cfg.history_page_max);
         let read = match (req.after, req.before) {
-            (Some(_), Some(_)) => return Err(ClientError::new(ErrorCode::BadRequest, "give `after` or `before`, not both")),
-            (Some(after), None) => self.read(&k, &format!("{}-0", after.saturating_add(1)), "+", limit + 1, false).await?,
+            (Some(_), Some(_)) => {
+                return Err(ClientError::new(
+                    ErrorCode::BadRequest,
+                    "give `after` or `before`, not both",
+                ));
+            }
+            (Some(after), None) => {
+                self.read(
+                    &k,
+                    &format!("{}-0", after.saturating_add(1)),
+                    "+",
+                    limit + 1,
+                    false,
+                )
+                .await?
+            }
             (None, Some(before)) if before <= 1 => self.read(&k, "-", "-", 0, true).await?,
-            (None, Some(before)) => self.read(&k, "-", &format!("{}-0", before - 1), limit + 1, true).await?,
+            (None, Some(before)) => {
+                self.read(&k, "-", &format!("{}-0", before - 1), limit + 1, true)
+                    .await?
+            }
             (None, None) => self.read(&k, "-", "+", limit + 1, true).await?,
         };
-        let Read { head, first, mut items } = read;
+        let Read {
+            head,
+            first,
+            mut items,
+        } = read;
         let more = items.len() as u64 > limit;
         items.truncate(limit as usize);
         if req.after.is_none() {
             items.reverse();
         }
-        let messages: Vec<&RawValue> = items.iter().filter_map(|(_, m)| serde_json::from_str(m).ok()).collect();
+        let messages: Vec<&RawValue> = items
+            .iter()
+            .filter_map(|(_, m)| serde_json::from_str(m).ok())
+            .collect();
         let missed = req.after.is_some_and(|a| a + 1 < first && a < head);
         Ok(Outcome::json(&json!({
             "room": room.as_str(),
@@ -412,7 +521,14 @@ impl Rooms {
 
     /// Reads history entries between two stream ids, dropping those older than
     /// the history TTL.
-    async fn read(&self, k: &RoomKeys, start: &str, end: &str, count: u64, reverse: bool) -> Result<Read, ClientError> {
+    async fn read(
+        &self,
+        k: &RoomKeys,
+        start: &str,
+        end: &str,
+        count: u64,
+        reverse: bool,
+    ) -> Result<Read, ClientError> {
         let mut r = self.conn().await?;
         let v: Value = scripts::READ
             .key(k.all().as_slice())
@@ -444,7 +560,11 @@ impl Rooms {
             }
             out.push((seq, m));
         }
-        Ok(Read { head, first, items: out })
+        Ok(Read {
+            head,
+            first,
+            items: out,
+        })
     }
 
     async fn disconnected(&self, gw: &GatewayId, conn: u64) {
@@ -471,8 +591,12 @@ impl Rooms {
             }
         };
         for entry in rooms {
-            let Some((t, room)) = entry.split_once(':') else { continue };
-            let (Ok(t), Ok(room)) = (TenantId::parse(t), RoomId::parse(room)) else { continue };
+            let Some((t, room)) = entry.split_once(':') else {
+                continue;
+            };
+            let (Ok(t), Ok(room)) = (TenantId::parse(t), RoomId::parse(room)) else {
+                continue;
+            };
             self.leave_conn(&t, &room, gw, conn).await;
         }
         if let Ok(mut r) = self.conn().await {
@@ -508,11 +632,15 @@ fn as_string(v: &Value) -> Option<String> {
 
 /// Parses XRANGE output into (seq, t, m).
 fn entries(v: &Value) -> Vec<(u64, u64, String)> {
-    let Value::Array(list) = v else { return Vec::new() };
+    let Value::Array(list) = v else {
+        return Vec::new();
+    };
     list.iter()
         .filter_map(|e| {
             let Value::Array(parts) = e else { return None };
-            let [id, Value::Array(fields)] = parts.as_slice() else { return None };
+            let [id, Value::Array(fields)] = parts.as_slice() else {
+                return None;
+            };
             let seq = as_string(id)?.split('-').next()?.parse().ok()?;
             let mut t = 0;
             let mut m = None;
@@ -545,7 +673,10 @@ impl Service for Rooms {
             "members" => self.members(&c, parse(&req)?).await,
             "info" => self.info(&c, parse(&req)?).await,
             "history" => self.history(&c, parse(&req)?).await,
-            other => Err(ClientError::new(ErrorCode::UnknownOp, format!("rooms has no op {other:?}"))),
+            other => Err(ClientError::new(
+                ErrorCode::UnknownOp,
+                format!("rooms has no op {other:?}"),
+            )),
         }
     }
 
@@ -553,9 +684,19 @@ impl Service for Rooms {
         let tenant = TenantId::parse(&req.tenant)?;
         let room = room_id(&req.key)?;
         let k = RoomKeys::new(&tenant, &room);
-        let end = if req.until_seq == 0 { "+".to_owned() } else { format!("{}-0", req.until_seq) };
+        let end = if req.until_seq == 0 {
+            "+".to_owned()
+        } else {
+            format!("{}-0", req.until_seq)
+        };
         let read = match self
-            .read(&k, &format!("{}-0", req.after_seq.saturating_add(1)), &end, self.cfg.history_max.max(1), false)
+            .read(
+                &k,
+                &format!("{}-0", req.after_seq.saturating_add(1)),
+                &end,
+                self.cfg.history_max.max(1),
+                false,
+            )
             .await
         {
             Ok(r) => r,
@@ -587,7 +728,9 @@ impl Service for Rooms {
             return;
         }
         let Some(conn) = ev.conn else { return };
-        let Ok(gw) = GatewayId::parse(&conn.gateway) else { return };
+        let Ok(gw) = GatewayId::parse(&conn.gateway) else {
+            return;
+        };
         self.disconnected(&gw, conn.conn).await;
     }
 }
