@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# `make run`: NATS, Redis, one gateway and all workers on localhost, in the
+# foreground. Ctrl-C stops everything. Ports can be changed with NATS_PORT,
+# REDIS_PORT and GATEWAY_PORT; a NATS or Redis already answering on its port
+# is reused.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NATS_PORT="${NATS_PORT:-4222}"
+REDIS_PORT="${REDIS_PORT:-6379}"
+GATEWAY_PORT="${GATEWAY_PORT:-8080}"
+PROFILE="${PROFILE:-debug}"
+RUN_DIR="${RUN_DIR:-.run}"
+BIN="target/$PROFILE"
+
+bash scripts/ensure-deps.sh
+if [ "$PROFILE" = release ]; then
+  cargo build --release -p switchboard-gateway -p switchboard-workers
+else
+  cargo build -p switchboard-gateway -p switchboard-workers
+fi
+mkdir -p "$RUN_DIR"
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo
+  echo "stopping..."
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup INT TERM EXIT
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() {
+  for _ in $(seq 1 100); do port_open "$1" && return 0; sleep 0.1; done
+  echo "error: $2 did not start on port $1; see $RUN_DIR/$2.log" >&2
+  exit 1
+}
+
+if port_open "$NATS_PORT"; then
+  echo "nats:    reusing the server already on 127.0.0.1:$NATS_PORT"
+else
+  nats-server -a 127.0.0.1 -p "$NATS_PORT" >"$RUN_DIR/nats.log" 2>&1 &
+  pids+=($!)
+  wait_port "$NATS_PORT" nats
+fi
+if port_open "$REDIS_PORT"; then
+  echo "redis:   reusing the server already on 127.0.0.1:$REDIS_PORT"
+else
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+    --dir "$RUN_DIR" >"$RUN_DIR/redis.log" 2>&1 &
+  pids+=($!)
+  wait_port "$REDIS_PORT" redis
+fi
+
+export SB_NATS__URL="nats://127.0.0.1:$NATS_PORT"
+export SB_REDIS__URL="redis://127.0.0.1:$REDIS_PORT"
+export SB_GATEWAY__LISTEN="127.0.0.1:$GATEWAY_PORT"
+export SB_GATEWAY__ID="${SB_GATEWAY__ID:-local}"
+
+"$BIN/switchboard-workers" all >"$RUN_DIR/workers.log" 2>&1 &
+pids+=($!)
+"$BIN/switchboard-gateway" >"$RUN_DIR/gateway.log" 2>&1 &
+pids+=($!)
+wait_port "$GATEWAY_PORT" gateway
+
+alice=$("$BIN/switchboard-gateway" token --app demo --user alice)
+bob=$("$BIN/switchboard-gateway" token --app demo --user bob)
+cat <<MSG
+
+Switchboard is running.
+  gateway   ws://127.0.0.1:$GATEWAY_PORT/ws   (subprotocol switchboard.v1)
+  health    http://127.0.0.1:$GATEWAY_PORT/healthz   http://127.0.0.1:$GATEWAY_PORT/readyz
+  nats      nats://127.0.0.1:$NATS_PORT       redis  redis://127.0.0.1:$REDIS_PORT
+  logs      $RUN_DIR/{gateway,workers,nats,redis}.log
+
+Development tokens (app "demo"; mint more with: make token USER=carol APP=demo):
+  alice  $alice
+  bob    $bob
+
+Try it from two browser consoles (any page on http://localhost):
+  const ws = new WebSocket("ws://127.0.0.1:$GATEWAY_PORT/ws?token=<token>", "switchboard.v1");
+  ws.onmessage = (e) => console.log(e.data);
+  ws.send(JSON.stringify({id: 1, op: "rooms.create", data: {room: "hello", max_members: 2}}));
+  ws.send(JSON.stringify({id: 2, op: "rooms.join", data: {room: "hello"}}));
+  ws.send(JSON.stringify({id: 3, op: "rooms.publish", data: {room: "hello", data: {text: "hi"}}}));
+
+The protocol is in docs/protocol.md. Ctrl-C stops everything.
+MSG
+
+# Stay in the foreground until interrupted or a process dies.
+wait -n "${pids[@]}" || true
+echo "a process exited; see $RUN_DIR/*.log"
