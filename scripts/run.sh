@@ -24,12 +24,20 @@ mkdir -p "$RUN_DIR"
 pids=()
 cleanup() {
   trap - INT TERM EXIT
+  [ ${#pids[@]} -eq 0 ] && return
   echo
   echo "stopping..."
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # Gateway and workers first (they drain), then NATS and Redis.
+  for ((i=${#pids[@]}-1; i>=0; i--)); do
+    p=${pids[$i]}
+    kill "$p" 2>/dev/null || continue
+    for _ in $(seq 1 150); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+  done
   wait 2>/dev/null || true
 }
-trap cleanup INT TERM EXIT
+trap cleanup EXIT
+trap 'cleanup; exit 0' INT TERM
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_port() {
@@ -91,4 +99,5 @@ MSG
 
 # Stay in the foreground until interrupted or a process dies.
 wait -n "${pids[@]}" || true
-echo "a process exited; see $RUN_DIR/*.log"
+echo "a process exited unexpectedly; see $RUN_DIR/*.log" >&2
+exit 1

@@ -149,7 +149,8 @@ pub async fn serve(
     heartbeat.abort();
     sweeper.abort();
     router.abort();
-    let _ = state.nats.flush().await;
+    // Bounded: NATS may be gone already.
+    let _ = tokio::time::timeout(Duration::from_secs(2), state.nats.flush()).await;
     tracing::info!(gateway = %state.gw, "gateway stopped");
     Ok(())
 }

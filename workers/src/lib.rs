@@ -44,8 +44,9 @@ impl Running {
                 Err(e) => tracing::error!(error = %e, "service task failed"),
             }
         }
-        // Make sure everything published on the way out reaches the server.
-        let _ = self.nats.flush().await;
+        // Make sure everything published on the way out reaches the server
+        // (bounded: NATS may be gone already).
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.nats.flush()).await;
         Ok(())
     }
 }
