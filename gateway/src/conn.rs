@@ -228,7 +228,8 @@ async fn on_message(state: &State, h: &ConnHandle, op: OpCode, payload: &[u8]) -
         op: req.op.to_owned(),
         payload: Bytes::copy_from_slice(req.data),
         grants: h.grants.clone(),
-        traceparent: String::new(),
+        traceparent: traceparent(),
+        request_id: seq,
     };
     let subject = subjects::service_op(req.service, req.op);
     let reply = subjects::conn_reply(&state.gw, h.id, seq);
@@ -252,6 +253,14 @@ async fn on_message(state: &State, h: &ConnHandle, op: OpCode, payload: &[u8]) -
 enum Step {
     Send(Out),
     Ping,
+}
+
+/// A fresh W3C `traceparent` (version 00, sampled) for a request that starts
+/// at this gateway.
+fn traceparent() -> String {
+    let trace: u128 = rand::random();
+    let span: u64 = rand::random();
+    format!("00-{:032x}-{:016x}-01", trace.max(1), span.max(1))
 }
 
 async fn write_loop(

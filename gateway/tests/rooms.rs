@@ -489,3 +489,122 @@ async fn requests_fail_clearly_when_no_worker_serves_them() {
     let _w = Workers::start(cfg.clone(), &["rooms"]).await;
     a.ok("rooms.create", json!({"room": "x"})).await;
 }
+
+#[tokio::test]
+async fn a_worker_restart_loses_nothing() {
+    let stack = Stack::start();
+    let cfg = stack.config();
+    let w = Workers::start(cfg.clone(), &["rooms"]).await;
+    let gw = Gateway::start(cfg.clone()).await;
+    let mut a = client(&gw, &cfg, "demo", "a").await;
+    let mut b = client(&gw, &cfg, "demo", "b").await;
+    a.ok("rooms.create", json!({"room": "durable", "max_members": 2}))
+        .await;
+    a.ok("rooms.join", json!({"room": "durable"})).await;
+    b.ok("rooms.join", json!({"room": "durable"})).await;
+    a.ok(
+        "rooms.publish",
+        json!({"room": "durable", "data": "before"}),
+    )
+    .await;
+    assert_eq!(b.event("message").await["data"], "before");
+
+    w.stop().await;
+    assert_eq!(
+        a.err("rooms.info", json!({"room": "durable"})).await,
+        "service_unavailable"
+    );
+    let _w = Workers::start(cfg.clone(), &["rooms"]).await;
+
+    let info = a.ok("rooms.info", json!({"room": "durable"})).await;
+    assert_eq!(
+        (info["members"].clone(), info["seq"].clone()),
+        (json!(2), json!(1))
+    );
+    let r = a
+        .ok("rooms.publish", json!({"room": "durable", "data": "after"}))
+        .await;
+    assert_eq!(r["seq"], 2);
+    let m = b.event("message").await;
+    assert_eq!(
+        (m["seq"].clone(), m["data"].clone()),
+        (json!(2), json!("after"))
+    );
+    let h = b
+        .ok("rooms.history", json!({"room": "durable", "after": 0}))
+        .await;
+    assert_eq!(h["messages"].as_array().unwrap().len(), 2);
+}
+
+/// Polls `check` until it holds, for state that changes with time by design
+/// (Redis expiry); fails after ten seconds.
+async fn eventually<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached in time"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn old_messages_and_empty_rooms_expire() {
+    let stack = Stack::start();
+    let mut cfg = stack.config();
+    cfg.rooms.history_ttl_secs = 1;
+    cfg.rooms.idle_ttl_secs = 1;
+    let _w = Workers::start(cfg.clone(), &["rooms"]).await;
+    let gw = Gateway::start(cfg.clone()).await;
+    let a = std::sync::Arc::new(tokio::sync::Mutex::new(
+        client(&gw, &cfg, "demo", "a").await,
+    ));
+    {
+        let mut a = a.lock().await;
+        a.ok("rooms.create", json!({"room": "brief"})).await;
+        a.ok("rooms.join", json!({"room": "brief"})).await;
+        a.ok("rooms.publish", json!({"room": "brief", "data": 1}))
+            .await;
+        let h = a.ok("rooms.history", json!({"room": "brief"})).await;
+        assert_eq!(h["messages"].as_array().unwrap().len(), 1);
+    }
+    // Messages older than the history TTL are no longer served...
+    eventually(|| {
+        let a = a.clone();
+        async move {
+            let h = a
+                .lock()
+                .await
+                .ok("rooms.history", json!({"room": "brief", "after": 0}))
+                .await;
+            h["messages"].as_array().is_some_and(Vec::is_empty) && h["not_recovered"] == json!(true)
+        }
+    })
+    .await;
+    // ...while the room itself lives as long as it has a member.
+    a.lock()
+        .await
+        .ok("rooms.info", json!({"room": "brief"}))
+        .await;
+    a.lock()
+        .await
+        .ok("rooms.leave", json!({"room": "brief"}))
+        .await;
+    eventually(|| {
+        let a = a.clone();
+        async move {
+            let r = a
+                .lock()
+                .await
+                .request("rooms.info", json!({"room": "brief"}))
+                .await;
+            r["error"]["code"] == "not_found"
+        }
+    })
+    .await;
+}

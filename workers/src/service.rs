@@ -13,6 +13,7 @@ use switchboard_proto::bus::{
 use switchboard_shared::error::{ClientError, ErrorCode};
 use switchboard_shared::{Shutdown, bus, subjects};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::WorkerError;
 
@@ -176,16 +177,19 @@ async fn handle_request<S: Service>(svc: &S, nats: &async_nats::Client, msg: asy
         }
     } else {
         match bus::decode::<Request>(&msg.payload) {
-            Ok(req) => match svc.handle(&op, req).await {
-                Ok(out) => Reply {
-                    ok: true,
-                    data: Bytes::from(out.data),
-                    error: None,
-                    attach: out.attach,
-                    detach: out.detach,
-                },
-                Err(e) => error_reply(&e),
-            },
+            Ok(req) => {
+                let span = tracing::debug_span!("request", service = svc.name(), %op, traceparent = %req.traceparent);
+                match svc.handle(&op, req).instrument(span).await {
+                    Ok(out) => Reply {
+                        ok: true,
+                        data: Bytes::from(out.data),
+                        error: None,
+                        attach: out.attach,
+                        detach: out.detach,
+                    },
+                    Err(e) => error_reply(&e),
+                }
+            }
             Err(e) => error_reply(&ClientError::new(ErrorCode::BadRequest, e.to_string())),
         }
     };
