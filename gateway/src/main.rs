@@ -75,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
             let shutdown = Shutdown::new();
             let signal = shutdown.clone();
             tokio::spawn(async move {
-                wait_for_signal().await;
+                switchboard_shared::termination_signal().await;
                 tracing::info!("shutting down");
                 signal.cancel();
             });
@@ -83,21 +83,4 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        if let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = ctrl_c.await;
 }

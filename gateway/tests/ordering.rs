@@ -24,19 +24,26 @@ fn push(seq: u64, data: &str) -> Vec<u8> {
     .encode_to_vec()
 }
 
-#[tokio::test]
-async fn out_of_order_duplicate_and_missing_seqs_are_put_right() {
+/// A stack with a short reorder window, a raw bus client, and one member of
+/// room `r` in app `demo`.
+async fn member_of_room_r() -> (Stack, Workers, Gateway, async_nats::Client, Client) {
     let stack = Stack::start();
     let mut cfg = stack.config();
     cfg.gateway.reorder_window_ms = 50;
-    let _w = Workers::start(cfg.clone(), &["rooms"]).await;
+    let w = Workers::start(cfg.clone(), &["rooms"]).await;
     let gw = Gateway::start(cfg.clone()).await;
     let bus = stack.nats_client().await;
-    let mut c = Client::connect(&gw.ws_url(), &token(&cfg, "demo", "u"))
+    let mut c = Client::connect(&gw.ws_url(), &token(&cfg, "demo", "m"))
         .await
         .unwrap();
     c.ok("rooms.create", json!({"room": "r"})).await;
     c.ok("rooms.join", json!({"room": "r"})).await;
+    (stack, w, gw, bus, c)
+}
+
+#[tokio::test]
+async fn out_of_order_duplicate_and_missing_seqs_are_put_right() {
+    let (_stack, _w, _gw, bus, mut c) = member_of_room_r().await;
     for i in 1..=3 {
         c.ok(
             "rooms.publish",
@@ -105,17 +112,7 @@ fn redis(port: u16, args: &[&str]) -> String {
 
 #[tokio::test]
 async fn a_seq_lost_on_the_bus_is_filled_from_history() {
-    let stack = Stack::start();
-    let mut cfg = stack.config();
-    cfg.gateway.reorder_window_ms = 50;
-    let _w = Workers::start(cfg.clone(), &["rooms"]).await;
-    let gw = Gateway::start(cfg.clone()).await;
-    let bus = stack.nats_client().await;
-    let mut member = Client::connect(&gw.ws_url(), &token(&cfg, "demo", "m"))
-        .await
-        .unwrap();
-    member.ok("rooms.create", json!({"room": "r"})).await;
-    member.ok("rooms.join", json!({"room": "r"})).await;
+    let (stack, _w, _gw, bus, mut member) = member_of_room_r().await;
     member
         .ok(
             "rooms.publish",

@@ -17,6 +17,25 @@ pub mod telemetry;
 
 pub use tokio_util::sync::CancellationToken as Shutdown;
 
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM: what `main` waits for before it
+/// fires the [`Shutdown`] signal.
+pub async fn termination_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}
+
 /// Milliseconds since the Unix epoch, from the system clock.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
