@@ -189,9 +189,10 @@ impl Feed {
                 return;
             }
         };
-        // Confirm the SUB reached the server before catching up from history.
-        if let Err(e) = self.nats.flush().await {
-            tracing::warn!(subject, error = %e, "flush after subscribe failed");
+        // The server must have the SUB before the catch-up read, or a message
+        // published in between would be neither live nor in the read.
+        if let Err(e) = bus::sync(&self.nats).await {
+            tracing::warn!(subject, error = %e, "could not confirm the subscription");
         }
         loop {
             let gap_deadline = self.gap_since.map(|t| t + self.cfg.reorder_window);

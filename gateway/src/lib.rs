@@ -105,9 +105,7 @@ pub async fn serve(
     }
     let nats = bus::connect(&cfg.nats, &format!("switchboard-gateway[{gw}]")).await?;
     let sub = nats.subscribe(subjects::gateway_wildcard(&gw)).await?;
-    if let Err(e) = nats.flush().await {
-        tracing::warn!(error = %e, "NATS is not reachable yet; requests will fail until it is");
-    }
+    bus::sync(&nats).await?;
     let feeds = Feeds::new(
         nats.clone(),
         FeedConfig {

@@ -24,8 +24,6 @@ pub enum WorkerError {
     UnknownService(String),
     #[error("NATS subscription failed: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
-    #[error("NATS flush failed: {0}")]
-    Flush(#[from] async_nats::client::FlushError),
 }
 
 /// Running services, ready to serve: every subscription is in place.
@@ -88,7 +86,7 @@ pub async fn start(
             )));
         }
     }
-    nats.flush().await?;
+    bus::sync(&nats).await?;
     Ok(Running { nats, tasks })
 }
 

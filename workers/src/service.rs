@@ -57,6 +57,13 @@ pub trait Service: Send + Sync + 'static {
     fn on_conn_event(&self, ev: ConnEvent) -> impl Future<Output = ()> + Send;
 }
 
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Parses a request's JSON payload into `T`, with a client-facing error.
 pub fn parse<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, ClientError> {
     let payload: &[u8] = if req.payload.is_empty() {
@@ -104,11 +111,22 @@ pub async fn serve<S: Service>(
     } = subs;
     let limit = Arc::new(Semaphore::new(concurrency));
     tracing::info!(service = name, "serving");
-    loop {
+    // On shutdown: drain (unsubscribe, then handle what was already delivered
+    // to this replica), so no request routed here goes unanswered.
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let (mut requests_open, mut events_open) = (true, true);
+    while requests_open || events_open {
         tokio::select! {
-            _ = shutdown.cancelled() => break,
-            msg = requests.next() => {
-                let Some(msg) = msg else { break };
+            _ = shutdown.cancelled(), if drain_deadline.is_none() => {
+                drain_deadline = Some(tokio::time::Instant::now() + std::time::Duration::from_secs(5));
+                if let Err(e) = requests.drain().await {
+                    tracing::warn!(error = %e, "drain failed");
+                }
+                let _ = events.drain().await;
+            }
+            _ = sleep_until_opt(drain_deadline), if drain_deadline.is_some() => break,
+            msg = requests.next(), if requests_open => {
+                let Some(msg) = msg else { requests_open = false; continue };
                 let Ok(permit) = limit.clone().acquire_owned().await else { break };
                 let svc = svc.clone();
                 let nats = nats.clone();
@@ -117,8 +135,8 @@ pub async fn serve<S: Service>(
                     drop(permit);
                 });
             }
-            ev = events.next() => {
-                let Some(ev) = ev else { break };
+            ev = events.next(), if events_open => {
+                let Some(ev) = ev else { events_open = false; continue };
                 match bus::decode::<ConnEvent>(&ev.payload) {
                     Ok(ev) => {
                         let Ok(permit) = limit.clone().acquire_owned().await else { break };
@@ -133,8 +151,6 @@ pub async fn serve<S: Service>(
             }
         }
     }
-    let _ = requests.unsubscribe().await;
-    let _ = events.unsubscribe().await;
     // Wait for in-flight handlers.
     let _ = limit.acquire_many(concurrency as u32).await;
     tracing::info!(service = name, "stopped");
