@@ -546,6 +546,19 @@ fn last_close_code(mut b: &[u8]) -> Option<u16> {
 }
 
 #[tokio::test]
+async fn a_stalled_handshake_is_dropped() {
+    let (_s, _cfg, _w, gw) = setup(|c| c.gateway.handshake_timeout_ms = 300).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // The request never completes: the gateway must hang up by itself.
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "connection still open");
+}
+
+#[tokio::test]
 async fn a_stopping_gateway_tells_clients_to_reconnect() {
     let (_s, cfg, _w, gw) = setup(|_| {}).await;
     let mut c = Client::connect(&gw.ws_url(), &token(&cfg, "demo", "u"))
