@@ -15,7 +15,7 @@ use fastwebsockets::{
 };
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use switchboard_proto::bus::{ConnEvent, ConnRef, Request, conn_event};
+use switchboard_proto::bus::{ConnEvent, ConnRef, FeedMode, Interest, Request, conn_event};
 use switchboard_shared::auth::Identity;
 use switchboard_shared::error::ErrorCode;
 use switchboard_shared::{bus, now_ms, subjects};
@@ -61,6 +61,15 @@ pub async fn serve(state: Arc<State>, mut ws: WebSocket<Io>, identity: Identity)
             "max_message_bytes": cfg.max_message_bytes,
         }),
     ));
+    // App-wide pushes (`sb.tenant.<app>`) reach every connection of the app.
+    state.feeds.attach(
+        &h,
+        Interest {
+            subject: subjects::tenant(&h.tenant),
+            mode: FeedMode::Events as i32,
+            ..Interest::default()
+        },
+    );
     tracing::debug!(conn = id, user = %h.user, "connected");
 
     let (rd, wr) = ws.split(tokio::io::split);

@@ -17,6 +17,12 @@
 //! feed is already past L, the difference is replayed to that member alone.
 //! A fresh feed catches up from history right after its subscription is
 //! confirmed, which closes the race between a join and the SUB reaching NATS.
+//!
+//! That is the `LOG` mode (rooms). Two more modes share the machinery:
+//! - `LATEST` (presence): each push is a whole state whose version is its seq;
+//!   older versions are dropped, the latest is kept and handed to members who
+//!   attach later, and a fresh feed fetches the current state after its SUB.
+//! - `EVENTS` (app-wide broadcasts): pushes are delivered as they come.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -24,7 +30,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use switchboard_proto::bus::{Interest, Push, ReplayBatch, ReplayRequest, Reply};
+use switchboard_proto::bus::{FeedMode, Interest, Push, ReplayBatch, ReplayRequest, Reply};
 use switchboard_shared::bus;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -102,8 +108,10 @@ impl Feeds {
                 nats: self.nats.clone(),
                 cfg: self.cfg.clone(),
                 tenant: conn.tenant.to_string(),
+                mode: interest.mode(),
                 interest: interest.clone(),
                 next: None,
+                last: None,
                 pending: BTreeMap::new(),
                 gap_since: None,
                 members: HashMap::new(),
@@ -171,9 +179,12 @@ struct Feed {
     nats: async_nats::Client,
     cfg: FeedConfig,
     tenant: String,
+    mode: FeedMode,
     interest: Interest,
     /// Next seq to deliver; `None` until the first member is added.
     next: Option<u64>,
+    /// `LATEST` mode: the newest state delivered, for members who come later.
+    last: Option<(u64, Bytes)>,
     pending: BTreeMap<u64, Held>,
     gap_since: Option<Instant>,
     members: HashMap<u64, Member>,
@@ -217,6 +228,51 @@ impl Feed {
     }
 
     async fn add(&mut self, conn: Arc<ConnHandle>, after_seq: u64) {
+        match self.mode {
+            FeedMode::Log => self.add_log(conn, after_seq).await,
+            FeedMode::Latest => self.add_latest(conn, after_seq).await,
+            FeedMode::Events => {
+                self.members.insert(conn.id, Member { conn, min_seq: 0 });
+            }
+        }
+    }
+
+    async fn add_latest(&mut self, conn: Arc<ConnHandle>, after_seq: u64) {
+        let mut min_seq = after_seq + 1;
+        if let Some((seq, frame)) = &self.last
+            && *seq >= min_seq
+        {
+            conn.send_text(frame.clone());
+            min_seq = seq + 1;
+        }
+        let fresh = self.next.is_none();
+        self.members.insert(conn.id, Member { conn, min_seq });
+        if fresh {
+            // Whatever changed between the snapshot and the SUB.
+            self.next = Some(after_seq + 1);
+            if let Some(b) = self.replay(after_seq, 0).await
+                && let Some(item) = b.items.into_iter().max_by_key(|i| i.seq)
+            {
+                self.on_latest(item.seq, item.frame);
+            }
+        }
+    }
+
+    fn on_latest(&mut self, seq: u64, frame: Bytes) {
+        if self.next.is_some_and(|n| seq < n) {
+            return; // an older state
+        }
+        let held = Held {
+            frame,
+            origin: None,
+            echo: true,
+        };
+        self.deliver(seq, &held);
+        self.next = Some(seq + 1);
+        self.last = Some((seq, held.frame));
+    }
+
+    async fn add_log(&mut self, conn: Arc<ConnHandle>, after_seq: u64) {
         let first = after_seq + 1;
         match self.next {
             None => {
@@ -277,8 +333,12 @@ impl Feed {
             origin: push.origin.map(|o| (o.gateway, o.conn)),
             echo: push.echo,
         };
-        if push.seq == 0 {
+        if push.seq == 0 || self.mode == FeedMode::Events {
             self.deliver(0, &held);
+            return;
+        }
+        if self.mode == FeedMode::Latest {
+            self.on_latest(push.seq, held.frame);
             return;
         }
         let Some(next) = self.next else {

@@ -92,10 +92,7 @@ pub async fn serve(
     shutdown: Shutdown,
 ) -> Result<(), GatewayError> {
     let auth = Authenticator::from_config(&cfg.auth)?;
-    let gw = match &cfg.gateway.id {
-        Some(id) => GatewayId::parse(id).unwrap_or_else(|_| GatewayId::generate()),
-        None => GatewayId::generate(),
-    };
+    let gw = GatewayId::for_boot(cfg.gateway.id.as_deref().unwrap_or("gw"));
     if cfg.auth.hs256_secret.as_deref() == Some(switchboard_shared::config::DEV_SECRET)
         && cfg.auth.algorithms.iter().any(|a| a == "HS256")
     {

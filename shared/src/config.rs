@@ -25,6 +25,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub workers: WorkersConfig,
     pub rooms: RoomsConfig,
+    pub presence: PresenceConfig,
+    pub notifications: NotificationsConfig,
     pub log: LogConfig,
 }
 
@@ -68,7 +70,8 @@ pub struct AuthConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
     pub listen: SocketAddr,
-    /// This gateway's id in subjects; generated when unset.
+    /// Prefix of this gateway's id in subjects (e.g. the pod name); a random
+    /// suffix is added at every start.
     pub id: Option<String>,
     /// Allowed `Origin` values for browser clients; empty allows any.
     pub allowed_origins: Vec<String>,
@@ -118,10 +121,39 @@ pub struct RoomsConfig {
     pub history_ttl_secs: u64,
     /// A room with no members for this long is deleted, in seconds.
     pub idle_ttl_secs: u64,
+    /// A typing indicator with no `stop` ends by itself after this.
+    pub typing_ttl_ms: u64,
     /// Highest `max_members` a client may ask for (0 = no cap).
     pub max_members_cap: u32,
     /// Most entries one `history` read returns.
     pub history_page_max: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// A gateway silent this long is dead: its connections go offline and
+    /// leave their rooms. Keep it a few `gateway.heartbeat_interval_ms`.
+    pub gateway_dead_after_ms: u64,
+    /// How often the presence service looks for dead gateways.
+    pub reap_interval_ms: u64,
+    /// Most users one request may get or watch.
+    pub max_users_per_request: usize,
+    /// Longest custom status text, in characters.
+    pub max_text_chars: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotificationsConfig {
+    /// Default lifetime of a notification, in seconds.
+    pub ttl_secs: u64,
+    /// Most notifications kept per user; the oldest are dropped first.
+    pub per_user_cap: u64,
+    /// Most pending notifications pushed to a connection when it connects.
+    pub pending_on_connect: u64,
+    /// Largest `content`, in bytes.
+    pub max_content_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -180,10 +212,10 @@ impl Default for GatewayConfig {
             write_timeout_ms: 10_000,
             request_timeout_ms: 5_000,
             max_inflight: 64,
-            services: vec!["rooms".into()],
+            services: vec!["rooms".into(), "presence".into(), "notifications".into()],
             reorder_window_ms: 100,
             reorder_buffer: 1024,
-            heartbeat_interval_ms: 5_000,
+            heartbeat_interval_ms: 4_000,
             max_connections: 200_000,
         }
     }
@@ -201,8 +233,31 @@ impl Default for RoomsConfig {
             history_max: 1000,
             history_ttl_secs: 24 * 3600,
             idle_ttl_secs: 24 * 3600,
+            typing_ttl_ms: 6_000,
             max_members_cap: 10_000,
             history_page_max: 500,
+        }
+    }
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            gateway_dead_after_ms: 12_000,
+            reap_interval_ms: 1_000,
+            max_users_per_request: 500,
+            max_text_chars: 256,
+        }
+    }
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        Self {
+            ttl_secs: 7 * 24 * 3600,
+            per_user_cap: 500,
+            pending_on_connect: 100,
+            max_content_bytes: 16 * 1024,
         }
     }
 }
@@ -311,6 +366,17 @@ impl Config {
             ("gateway.request_timeout_ms", g.request_timeout_ms),
             ("gateway.heartbeat_interval_ms", g.heartbeat_interval_ms),
             ("rooms.history_max", self.rooms.history_max),
+            ("rooms.typing_ttl_ms", self.rooms.typing_ttl_ms),
+            (
+                "presence.gateway_dead_after_ms",
+                self.presence.gateway_dead_after_ms,
+            ),
+            ("presence.reap_interval_ms", self.presence.reap_interval_ms),
+            ("notifications.ttl_secs", self.notifications.ttl_secs),
+            (
+                "notifications.per_user_cap",
+                self.notifications.per_user_cap,
+            ),
             ("rooms.history_page_max", self.rooms.history_page_max),
         ] {
             if v == 0 {

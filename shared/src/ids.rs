@@ -109,11 +109,27 @@ impl RoomId {
 impl GatewayId {
     /// A fresh random gateway id (`gw` + 10 base-32 characters).
     pub fn generate() -> Self {
+        Self::for_boot("gw")
+    }
+
+    /// An id unique to this process start: `prefix` (e.g. the pod name),
+    /// shortened to fit, then `-` and 8 random base-32 characters. Connection
+    /// ids restart at 1 with every boot, so a restarted gateway must never
+    /// reuse the subjects and keys of its previous life.
+    pub fn for_boot(prefix: &str) -> Self {
         use rand::Rng;
         const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
         let mut rng = rand::rng();
-        let mut s = String::from("gw");
-        for _ in 0..10 {
+        let mut s: String = prefix
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .take(MAX_ID_LEN - 9)
+            .collect();
+        if s.is_empty() {
+            s.push_str("gw");
+        }
+        s.push('-');
+        for _ in 0..8 {
             s.push(ALPHABET[rng.random_range(0..ALPHABET.len())] as char);
         }
         Self(s)
@@ -206,6 +222,14 @@ mod tests {
         assert_ne!(r, RoomId::generate());
         let g = GatewayId::generate();
         assert_eq!(GatewayId::parse(g.as_str()), Ok(g));
+        let pod = GatewayId::for_boot("switchboard-gateway-7d9f8c-x2x1q");
+        assert!(
+            pod.as_str()
+                .starts_with("switchboard-gateway-7d9f8c-x2x1q-")
+        );
+        assert_ne!(pod, GatewayId::for_boot("switchboard-gateway-7d9f8c-x2x1q"));
+        let long = GatewayId::for_boot(&"p".repeat(200));
+        assert_eq!(GatewayId::parse(long.as_str()), Ok(long));
     }
 
     #[test]

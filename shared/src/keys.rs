@@ -1,7 +1,7 @@
 //! Redis key naming. Keys of one room share the hash tag `{room:<t>:<r>}` so
 //! a Lua script can touch them together, in Redis Cluster too.
 
-use crate::ids::{GatewayId, RoomId, TenantId};
+use crate::ids::{GatewayId, RoomId, TenantId, UserId};
 
 /// The keys that hold one room's state.
 #[derive(Debug, Clone)]
@@ -14,6 +14,12 @@ pub struct RoomKeys {
     pub users: String,
     /// Stream of messages, entry ids `<seq>-0`, fields `t` (ms) and `m` (JSON).
     pub history: String,
+    /// Hash: user → last read seq.
+    pub read: String,
+    /// Hash: user → last delivered seq.
+    pub delivered: String,
+    /// Hash: `<seq>|<emoji>|<user>` → 1, reactions on messages.
+    pub reactions: String,
 }
 
 impl RoomKeys {
@@ -24,14 +30,82 @@ impl RoomKeys {
             conns: format!("{tag}:conns"),
             users: format!("{tag}:users"),
             history: format!("{tag}:hist"),
+            read: format!("{tag}:read"),
+            delivered: format!("{tag}:delivered"),
+            reactions: format!("{tag}:reactions"),
         }
     }
 
     /// In the order the Lua scripts expect them as KEYS.
-    pub fn all(&self) -> [&str; 4] {
-        [&self.meta, &self.conns, &self.users, &self.history]
+    pub fn all(&self) -> [&str; 7] {
+        [
+            &self.meta,
+            &self.conns,
+            &self.users,
+            &self.history,
+            &self.read,
+            &self.delivered,
+            &self.reactions,
+        ]
     }
 }
+
+/// Keys of one user's state, under the hash tag `{user:<t>:<u>}`.
+#[derive(Debug, Clone)]
+pub struct UserKeys {
+    /// Hash: `<gateway>:<conn>` → connected-at ms; the user's live
+    /// connections as the presence service sees them.
+    pub presence_conns: String,
+    /// Hash: status, text, last_seen, ver.
+    pub presence: String,
+    /// Set of room ids the user is a member of (maintained by rooms).
+    pub rooms: String,
+    /// Hash: `<gateway>:<conn>` → ms; live connections as the notifications
+    /// service sees them.
+    pub notif_conns: String,
+    /// Hash: notification id → JSON.
+    pub notif_data: String,
+    /// Sorted set: notification id by creation order.
+    pub notif_order: String,
+    /// Sorted set: notification id by expiry (ms).
+    pub notif_expiry: String,
+    /// Set of unread notification ids.
+    pub notif_unread: String,
+}
+
+impl UserKeys {
+    pub fn new(tenant: &TenantId, user: &UserId) -> Self {
+        let tag = format!("sb:{{user:{tenant}:{}}}", user.encoded());
+        Self {
+            presence_conns: format!("{tag}:pconns"),
+            presence: format!("{tag}:presence"),
+            rooms: format!("{tag}:rooms"),
+            notif_conns: format!("{tag}:nconns"),
+            notif_data: format!("{tag}:ndata"),
+            notif_order: format!("{tag}:norder"),
+            notif_expiry: format!("{tag}:nexpiry"),
+            notif_unread: format!("{tag}:nunread"),
+        }
+    }
+}
+
+/// Sorted set: gateway id → last heartbeat (ms). Watched by the presence
+/// service to notice dead gateways.
+pub const GATEWAYS: &str = "sb:gateways";
+
+/// Hash: conn id → `<tenant>|<user>`, the connections a gateway holds.
+pub fn gateway_conns(gw: &GatewayId) -> String {
+    format!("sb:{{gw:{gw}}}:conns")
+}
+
+/// Set of user ids (encoded) that have connected to an app, for app-wide
+/// notifications.
+pub fn tenant_users(tenant: &TenantId) -> String {
+    format!("sb:{{tenant:{tenant}}}:users")
+}
+
+/// Sorted set of `<tenant>|<room>|<user>` by typing expiry (ms).
+pub const TYPING: &str = "sb:typing";
 
 /// Set of `<tenant>:<room>` a connection is in, for disconnect cleanup.
 pub fn conn_rooms(gw: &GatewayId, conn: u64) -> String {

@@ -6,12 +6,14 @@
 //! | `sb.gw.<gateway>.c.<conn>` | worker → gateway | push to one connection |
 //! | `sb.gw.<gateway>.c.<conn>.<req>` | worker → gateway | reply to request `<req>` |
 //! | `sb.room.<tenant>.<room>` | rooms worker → gateways with members | room fan-out |
+//! | `sb.tenant.<tenant>` | workers → every gateway with that app | app-wide pushes |
+//! | `sb.presence.<tenant>.<user>` | presence worker → watchers' gateways | one user's presence |
 //! | `sb.evt.conn` | gateway → workers | connect / disconnect / heartbeat |
 //!
 //! Every argument is a validated id type, so no caller can build a subject
 //! with wildcards or extra tokens in it.
 
-use crate::ids::{GatewayId, RoomId, TenantId};
+use crate::ids::{GatewayId, RoomId, TenantId, UserId};
 
 /// Connection lifecycle events, gateway → workers.
 pub const CONN_EVENTS: &str = "sb.evt.conn";
@@ -73,6 +75,16 @@ pub fn parse_gateway_subject(gw: &GatewayId, subject: &str) -> Option<GatewayTar
 /// A room's fan-out subject.
 pub fn room(tenant: &TenantId, room: &RoomId) -> String {
     format!("sb.room.{tenant}.{room}")
+}
+
+/// Broadcast to every connection of an app, on every gateway.
+pub fn tenant(tenant: &TenantId) -> String {
+    format!("sb.tenant.{tenant}")
+}
+
+/// A user's presence state (for watchers).
+pub fn presence(tenant: &TenantId, user: &UserId) -> String {
+    format!("sb.presence.{tenant}.{}", user.encoded())
 }
 
 /// Whether `s` may be used as a service or op name: lowercase ASCII letters,

@@ -147,13 +147,11 @@ impl Client {
         }
     }
 
-    /// Waits for the next push named `name` and returns its `data`; earlier
-    /// pushes with other names are skipped.
+    /// Waits for the next push named `name` and returns its `data`. Pushes
+    /// with other names stay queued, in order, for later calls.
     pub async fn event(&mut self, name: &str) -> Value {
-        while let Some(e) = self.events.pop_front() {
-            if e["event"] == name {
-                return e["data"].clone();
-            }
+        if let Some(data) = self.take_event(name) {
+            return data;
         }
         loop {
             let v = self.next_json().await;
@@ -161,6 +159,8 @@ impl Client {
                 self.replies.push_back(v);
             } else if v["event"] == name {
                 return v["data"].clone();
+            } else {
+                self.events.push_back(v);
             }
         }
     }

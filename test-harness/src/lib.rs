@@ -11,4 +11,4 @@ pub mod stack;
 
 pub use client::{Client, ConnectError};
 pub use servers::{NatsServer, RedisServer};
-pub use stack::{Gateway, Stack, Workers};
+pub use stack::{Gateway, GatewayProcess, Stack, Workers};

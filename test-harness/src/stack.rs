@@ -156,3 +156,88 @@ impl Drop for Workers {
         self.shutdown.cancel();
     }
 }
+
+/// A gateway running as its own process (the real binary), so a test can
+/// kill it without a goodbye.
+pub struct GatewayProcess {
+    pub addr: SocketAddr,
+    child: std::process::Child,
+}
+
+impl GatewayProcess {
+    /// Starts the gateway binary at `bin` with `cfg` passed as `SB_`
+    /// variables, on a free port; returns once `/readyz` answers 200.
+    pub async fn start(bin: &str, cfg: &Config) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port: {e}"));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let g = &cfg.gateway;
+        let child = std::process::Command::new(bin)
+            .env("SB_NATS__URL", &cfg.nats.url)
+            .env("SB_REDIS__URL", &cfg.redis.url)
+            .env("SB_GATEWAY__LISTEN", addr.to_string())
+            .env(
+                "SB_GATEWAY__HEARTBEAT_INTERVAL_MS",
+                g.heartbeat_interval_ms.to_string(),
+            )
+            .env(
+                "SB_GATEWAY__REQUEST_TIMEOUT_MS",
+                g.request_timeout_ms.to_string(),
+            )
+            .env("SB_LOG__FILTER", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if ready(addr).await {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway process did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self { addr, child }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the gateway vanishes without closing anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Whether `GET /readyz` answers 200.
+async fn ready(addr: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await;
+    buf.starts_with(b"HTTP/1.1 200")
+}

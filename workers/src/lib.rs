@@ -3,16 +3,18 @@
 //! the load and any replica can serve any request: all state is in Redis.
 #![forbid(unsafe_code)]
 
+pub mod presence;
 pub mod rooms;
 pub mod service;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use switchboard_shared::config::Config;
 use switchboard_shared::{Shutdown, bus, redis};
 
 /// The services this binary can run.
-pub const SERVICES: &[&str] = &["rooms"];
+pub const SERVICES: &[&str] = &["rooms", "presence"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -70,24 +72,84 @@ pub async fn start(
     let cfg = Arc::new(cfg);
     let mut tasks = Vec::new();
     for s in services {
-        if s.as_str() == "rooms" {
-            let svc = Arc::new(rooms::Rooms::new(
-                nats.clone(),
-                pool.clone(),
-                cfg.rooms.clone(),
-            ));
-            let subs = service::subscribe(&nats, "rooms").await?;
-            tasks.push(tokio::spawn(service::serve(
-                svc,
-                subs,
-                nats.clone(),
-                cfg.workers.concurrency,
-                shutdown.clone(),
-            )));
+        match s.as_str() {
+            "rooms" => {
+                let svc = Arc::new(rooms::Rooms::new(
+                    nats.clone(),
+                    pool.clone(),
+                    cfg.rooms.clone(),
+                ));
+                let sweeper = svc.clone();
+                tasks.push(every(
+                    Duration::from_millis(500),
+                    shutdown.clone(),
+                    move || {
+                        let svc = sweeper.clone();
+                        async move { svc.expire_typing().await }
+                    },
+                ));
+                let subs = service::subscribe(&nats, "rooms").await?;
+                tasks.push(tokio::spawn(service::serve(
+                    svc,
+                    subs,
+                    nats.clone(),
+                    cfg.workers.concurrency,
+                    shutdown.clone(),
+                )));
+            }
+            "presence" => {
+                let svc = Arc::new(presence::Presence::new(
+                    nats.clone(),
+                    pool.clone(),
+                    cfg.presence.clone(),
+                ));
+                let reaper = svc.clone();
+                tasks.push(every(
+                    Duration::from_millis(cfg.presence.reap_interval_ms),
+                    shutdown.clone(),
+                    move || {
+                        let svc = reaper.clone();
+                        async move {
+                            svc.reap_dead_gateways().await;
+                        }
+                    },
+                ));
+                let subs = service::subscribe(&nats, "presence").await?;
+                tasks.push(tokio::spawn(service::serve(
+                    svc,
+                    subs,
+                    nats.clone(),
+                    cfg.workers.concurrency,
+                    shutdown.clone(),
+                )));
+            }
+            other => return Err(WorkerError::UnknownService(other.to_owned())),
         }
     }
     bus::sync(&nats).await?;
     Ok(Running { nats, tasks })
+}
+
+/// Runs `tick` every `period` until shutdown: the services' housekeeping.
+fn every<F, Fut>(
+    period: Duration,
+    shutdown: Shutdown,
+    mut tick: F,
+) -> tokio::task::JoinHandle<Result<(), WorkerError>>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = interval.tick() => tick().await,
+            }
+        }
+    })
 }
 
 /// Runs the named services until `shutdown` fires, then drains in-flight

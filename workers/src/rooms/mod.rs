@@ -17,13 +17,14 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 use switchboard_proto::bus::{
-    ConnEvent, ConnRef, Interest, Push, ReplayBatch, ReplayItem, ReplayRequest, Request, conn_event,
+    ConnEvent, ConnRef, FeedMode, Interest, Push, ReplayBatch, ReplayItem, ReplayRequest, Request,
+    conn_event,
 };
 use switchboard_shared::auth::Identity;
 use switchboard_shared::config::RoomsConfig;
 use switchboard_shared::error::{ClientError, ErrorCode};
 use switchboard_shared::ids::{GatewayId, RoomId, TenantId, UserId};
-use switchboard_shared::keys::{self, RoomKeys};
+use switchboard_shared::keys::{self, RoomKeys, UserKeys};
 use switchboard_shared::redis::Pool;
 use switchboard_shared::{bus, now_ms, subjects};
 
@@ -111,6 +112,69 @@ struct HistoryReq {
     after: Option<u64>,
     before: Option<u64>,
     limit: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TypingReq {
+    room: String,
+    typing: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CursorReq {
+    room: String,
+    data: Box<RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MarkReq {
+    room: String,
+    delivered: Option<u64>,
+    read: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnreadReq {
+    rooms: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReactReq {
+    room: String,
+    seq: u64,
+    emoji: String,
+    #[serde(default)]
+    remove: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReactionsReq {
+    room: String,
+    seq: u64,
+}
+
+/// Most rooms one `unread` request may name.
+const MAX_UNREAD_ROOMS: usize = 200;
+
+/// Reactions are short: an emoji or a short code like `thumbs_up`.
+fn check_emoji(e: &str) -> Result<(), ClientError> {
+    if e.is_empty()
+        || e.len() > 32
+        || e.contains('|')
+        || e.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(ClientError::new(
+            ErrorCode::BadRequest,
+            "`emoji` must be 1 to 32 bytes without whitespace or `|`",
+        ));
+    }
+    Ok(())
 }
 
 /// A page read from a room's history stream.
@@ -298,6 +362,13 @@ impl Rooms {
                 "connection is closed",
             ));
         }
+        if new_user == 1 {
+            let _: Result<(), _> = redis::cmd("SADD")
+                .arg(UserKeys::new(&c.tenant, &c.user).rooms)
+                .arg(room.as_str())
+                .query_async(&mut r)
+                .await;
+        }
         drop(r);
         if new_user == 1 {
             self.member_event(
@@ -319,6 +390,7 @@ impl Rooms {
             after_seq: after,
             recover_subject: subjects::service_op("rooms", subjects::REPLAY_OP),
             key: room.to_string(),
+            mode: FeedMode::Log as i32,
         });
         Ok(out)
     }
@@ -351,6 +423,14 @@ impl Rooms {
                 if gone == 1
                     && let Ok(user) = UserId::parse(&user)
                 {
+                    if let Ok(mut r) = self.conn().await {
+                        let _: Result<(), _> = redis::cmd("SREM")
+                            .arg(UserKeys::new(tenant, &user).rooms)
+                            .arg(room.as_str())
+                            .query_async(&mut r)
+                            .await;
+                    }
+                    self.stop_typing(tenant, room, &user).await;
                     let origin = ConnRef {
                         gateway: gw.to_string(),
                         conn,
@@ -401,6 +481,7 @@ impl Rooms {
             .arg(tail)
             .arg(self.cfg.history_max)
             .arg(cutoff)
+            .arg(c.user.as_str())
             .invoke_async(&mut r)
             .await
             .map_err(internal)?;
@@ -567,6 +648,344 @@ impl Rooms {
         })
     }
 
+    /// An ephemeral push to a room's members (not stored, not sequenced).
+    async fn signal(&self, c: &Caller, room: &RoomId, event: &str, data: serde_json::Value) {
+        let frame = json!({"event": event, "data": data});
+        let push = Push {
+            frame: serde_json::to_vec(&frame).unwrap_or_default().into(),
+            seq: 0,
+            origin: Some(c.origin()),
+            echo: false,
+        };
+        self.push(&c.tenant, room, push).await;
+    }
+
+    async fn require_member(
+        &self,
+        c: &Caller,
+        room: &RoomId,
+        k: &RoomKeys,
+    ) -> Result<(), ClientError> {
+        let mut r = self.conn().await?;
+        let (exists, member): (bool, bool) = redis::pipe()
+            .exists(&k.meta)
+            .hexists(&k.conns, c.member())
+            .query_async(&mut r)
+            .await
+            .map_err(internal)?;
+        match (exists, member) {
+            (false, _) => Err(ClientError::new(
+                ErrorCode::NotFound,
+                format!("no room {room}"),
+            )),
+            (true, false) => Err(ClientError::new(
+                ErrorCode::NotMember,
+                format!("join room {room} first"),
+            )),
+            (true, true) => Ok(()),
+        }
+    }
+
+    async fn typing(&self, c: &Caller, req: TypingReq) -> Result<Outcome, ClientError> {
+        let room = room_id(&req.room)?;
+        let k = RoomKeys::new(&c.tenant, &room);
+        self.require_member(c, &room, &k).await?;
+        let entry = format!("{}|{}|{}", c.tenant, room, c.user);
+        let mut r = self.conn().await?;
+        let cmd = if req.typing {
+            let mut c = redis::cmd("ZADD");
+            c.arg(keys::TYPING)
+                .arg(now_ms() + self.cfg.typing_ttl_ms)
+                .arg(&entry);
+            c
+        } else {
+            let mut c = redis::cmd("ZREM");
+            c.arg(keys::TYPING).arg(&entry);
+            c
+        };
+        let changed: i64 = cmd.query_async(&mut r).await.map_err(internal)?;
+        drop(r);
+        if changed == 1 {
+            let mut data =
+                json!({"room": room.as_str(), "user": c.user.as_str(), "typing": req.typing});
+            if req.typing {
+                data["expires_in_ms"] = json!(self.cfg.typing_ttl_ms);
+            }
+            self.signal(c, &room, "typing", data).await;
+        }
+        Ok(Outcome::json(
+            &json!({"room": room.as_str(), "typing": req.typing}),
+        ))
+    }
+
+    /// Ends a user's typing indicator (on leave, or when it expires).
+    async fn stop_typing(&self, tenant: &TenantId, room: &RoomId, user: &UserId) {
+        let entry = format!("{tenant}|{room}|{user}");
+        let Ok(mut r) = self.conn().await else { return };
+        let removed: Result<i64, _> = redis::cmd("ZREM")
+            .arg(keys::TYPING)
+            .arg(&entry)
+            .query_async(&mut r)
+            .await;
+        drop(r);
+        if matches!(removed, Ok(1)) {
+            self.typing_stopped(tenant, room, user).await;
+        }
+    }
+
+    async fn typing_stopped(&self, tenant: &TenantId, room: &RoomId, user: &UserId) {
+        let frame = json!({"event": "typing", "data": {"room": room.as_str(), "user": user.as_str(), "typing": false}});
+        let push = Push {
+            frame: serde_json::to_vec(&frame).unwrap_or_default().into(),
+            ..Push::default()
+        };
+        self.push(tenant, room, push).await;
+    }
+
+    /// Ends typing indicators whose time is up. Each entry is claimed with
+    /// ZREM, so with several replicas exactly one announces it.
+    pub async fn expire_typing(&self) {
+        let Ok(mut r) = self.conn().await else { return };
+        let due: Vec<String> = match redis::cmd("ZRANGEBYSCORE")
+            .arg(keys::TYPING)
+            .arg("-inf")
+            .arg(now_ms())
+            .arg("LIMIT")
+            .arg(0)
+            .arg(500)
+            .query_async(&mut r)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "typing sweep failed");
+                return;
+            }
+        };
+        for entry in due {
+            let claimed: Result<i64, _> = redis::cmd("ZREM")
+                .arg(keys::TYPING)
+                .arg(&entry)
+                .query_async(&mut r)
+                .await;
+            if !matches!(claimed, Ok(1)) {
+                continue;
+            }
+            let mut parts = entry.splitn(3, '|');
+            let (Some(t), Some(room), Some(user)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let (Ok(t), Ok(room), Ok(user)) =
+                (TenantId::parse(t), RoomId::parse(room), UserId::parse(user))
+            else {
+                continue;
+            };
+            self.typing_stopped(&t, &room, &user).await;
+        }
+    }
+
+    async fn cursor(&self, c: &Caller, req: CursorReq) -> Result<Outcome, ClientError> {
+        let room = room_id(&req.room)?;
+        let k = RoomKeys::new(&c.tenant, &room);
+        self.require_member(c, &room, &k).await?;
+        let data: serde_json::Value = serde_json::from_str(req.data.get()).map_err(internal)?;
+        self.signal(
+            c,
+            &room,
+            "cursor",
+            json!({"room": room.as_str(), "user": c.user.as_str(), "data": data}),
+        )
+        .await;
+        Ok(Outcome::json(&json!({"room": room.as_str()})))
+    }
+
+    async fn mark(&self, c: &Caller, req: MarkReq) -> Result<Outcome, ClientError> {
+        let room = room_id(&req.room)?;
+        if req.delivered.is_none() && req.read.is_none() {
+            return Err(ClientError::new(
+                ErrorCode::BadRequest,
+                "give `delivered` and/or `read`",
+            ));
+        }
+        let k = RoomKeys::new(&c.tenant, &room);
+        let mut r = self.conn().await?;
+        let res: Vec<i64> = scripts::MARK
+            .key(k.all().as_slice())
+            .arg(c.member())
+            .arg(c.user.as_str())
+            .arg(req.delivered.map_or(-1, |d| d.min(i64::MAX as u64) as i64))
+            .arg(req.read.map_or(-1, |d| d.min(i64::MAX as u64) as i64))
+            .invoke_async(&mut r)
+            .await
+            .map_err(internal)?;
+        drop(r);
+        let [status, delivered, read, changed] = res.as_slice() else {
+            return Err(internal("MARK returned an unexpected shape"));
+        };
+        if *status == -4 {
+            return Err(ClientError::new(
+                ErrorCode::NotMember,
+                format!("join room {room} first"),
+            ));
+        }
+        let data = json!({"room": room.as_str(), "user": c.user.as_str(), "delivered": delivered, "read": read});
+        if *changed == 1 {
+            self.signal(c, &room, "receipt", data.clone()).await;
+        }
+        Ok(Outcome::json(&data))
+    }
+
+    async fn markers(&self, c: &Caller, req: RoomReq) -> Result<Outcome, ClientError> {
+        let room = room_id(&req.room)?;
+        let k = RoomKeys::new(&c.tenant, &room);
+        self.check_readable(c, &room, &k).await?;
+        let mut r = self.conn().await?;
+        type Markers = std::collections::HashMap<String, u64>;
+        let (read, delivered, head): (Markers, Markers, Option<u64>) = redis::pipe()
+            .hgetall(&k.read)
+            .hgetall(&k.delivered)
+            .hget(&k.meta, "seq")
+            .query_async(&mut r)
+            .await
+            .map_err(internal)?;
+        let mut users: std::collections::BTreeSet<&String> = read.keys().collect();
+        users.extend(delivered.keys());
+        let list: Vec<_> = users
+            .into_iter()
+            .map(|u| {
+                let d = delivered.get(u).copied().unwrap_or(0);
+                let rd = read.get(u).copied().unwrap_or(0);
+                json!({"user": u, "delivered": d.max(rd), "read": rd})
+            })
+            .collect();
+        Ok(Outcome::json(
+            &json!({"room": room.as_str(), "head_seq": head.unwrap_or(0), "markers": list}),
+        ))
+    }
+
+    async fn unread(&self, c: &Caller, req: UnreadReq) -> Result<Outcome, ClientError> {
+        let mut r = self.conn().await?;
+        let rooms: Vec<String> = match req.rooms {
+            Some(v) if v.len() > MAX_UNREAD_ROOMS => {
+                return Err(ClientError::new(
+                    ErrorCode::BadRequest,
+                    format!("at most {MAX_UNREAD_ROOMS} rooms"),
+                ));
+            }
+            Some(v) => v,
+            None => redis::cmd("SMEMBERS")
+                .arg(UserKeys::new(&c.tenant, &c.user).rooms)
+                .query_async(&mut r)
+                .await
+                .map_err(internal)?,
+        };
+        let mut out = Vec::new();
+        for name in rooms.iter().take(MAX_UNREAD_ROOMS) {
+            let room = room_id(name)?;
+            let k = RoomKeys::new(&c.tenant, &room);
+            let (head, read): (Option<u64>, Option<u64>) = redis::pipe()
+                .hget(&k.meta, "seq")
+                .hget(&k.read, c.user.as_str())
+                .query_async(&mut r)
+                .await
+                .map_err(internal)?;
+            let Some(head) = head else { continue };
+            let read = read.unwrap_or(0);
+            out.push(json!({"room": room.as_str(), "unread": head.saturating_sub(read), "head_seq": head, "read": read}));
+        }
+        Ok(Outcome::json(&json!({"rooms": out})))
+    }
+
+    async fn react(&self, c: &Caller, req: ReactReq) -> Result<Outcome, ClientError> {
+        let room = room_id(&req.room)?;
+        check_emoji(&req.emoji)?;
+        let k = RoomKeys::new(&c.tenant, &room);
+        let field = format!("{}|{}|{}", req.seq, req.emoji, c.user);
+        let mut r = self.conn().await?;
+        let res: Vec<i64> = scripts::REACT
+            .key(k.all().as_slice())
+            .arg(c.member())
+            .arg(&field)
+            .arg(req.seq.min(i64::MAX as u64))
+            .arg(if req.remove { "0" } else { "1" })
+            .invoke_async(&mut r)
+            .await
+            .map_err(internal)?;
+        drop(r);
+        match res.as_slice() {
+            [-4, _] => Err(ClientError::new(
+                ErrorCode::NotMember,
+                format!("join room {room} first"),
+            )),
+            [-5, _] => Err(ClientError::new(
+                ErrorCode::NotFound,
+                format!("no message {} in room {room}", req.seq),
+            )),
+            [1, changed] => {
+                let data = json!({
+                    "room": room.as_str(), "seq": req.seq, "emoji": req.emoji,
+                    "user": c.user.as_str(), "added": !req.remove,
+                });
+                if *changed == 1 {
+                    self.signal(c, &room, "reaction", data.clone()).await;
+                }
+                Ok(Outcome::json(
+                    &json!({"room": room.as_str(), "seq": req.seq, "emoji": req.emoji, "changed": *changed == 1}),
+                ))
+            }
+            _ => Err(internal("REACT returned an unexpected shape")),
+        }
+    }
+
+    async fn reactions(&self, c: &Caller, req: ReactionsReq) -> Result<Outcome, ClientError> {
+        let room = room_id(&req.room)?;
+        let k = RoomKeys::new(&c.tenant, &room);
+        self.check_readable(c, &room, &k).await?;
+        let mut r = self.conn().await?;
+        let pattern = format!("{}|*", req.seq);
+        let mut cursor: u64 = 0;
+        let mut by_emoji: std::collections::BTreeMap<String, Vec<String>> =
+            std::collections::BTreeMap::new();
+        loop {
+            let (next, fields): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+                .arg(&k.reactions)
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut r)
+                .await
+                .map_err(internal)?;
+            for (f, _) in fields {
+                let mut parts = f.splitn(3, '|');
+                if let (Some(_), Some(emoji), Some(user)) =
+                    (parts.next(), parts.next(), parts.next())
+                {
+                    by_emoji
+                        .entry(emoji.to_owned())
+                        .or_default()
+                        .push(user.to_owned());
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let list: Vec<_> = by_emoji
+            .into_iter()
+            .map(|(emoji, mut users)| {
+                users.sort();
+                json!({"emoji": emoji, "count": users.len(), "users": users})
+            })
+            .collect();
+        Ok(Outcome::json(
+            &json!({"room": room.as_str(), "seq": req.seq, "reactions": list}),
+        ))
+    }
+
     async fn disconnected(&self, gw: &GatewayId, conn: u64) {
         let Ok(mut r) = self.conn().await else { return };
         let gone_key = keys::conn_gone(gw, conn);
@@ -673,6 +1092,13 @@ impl Service for Rooms {
             "members" => self.members(&c, parse(&req)?).await,
             "info" => self.info(&c, parse(&req)?).await,
             "history" => self.history(&c, parse(&req)?).await,
+            "typing" => self.typing(&c, parse(&req)?).await,
+            "cursor" => self.cursor(&c, parse(&req)?).await,
+            "mark" => self.mark(&c, parse(&req)?).await,
+            "markers" => self.markers(&c, parse(&req)?).await,
+            "unread" => self.unread(&c, parse(&req)?).await,
+            "react" => self.react(&c, parse(&req)?).await,
+            "reactions" => self.reactions(&c, parse(&req)?).await,
             other => Err(ClientError::new(
                 ErrorCode::UnknownOp,
                 format!("rooms has no op {other:?}"),

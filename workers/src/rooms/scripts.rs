@@ -1,6 +1,7 @@
 //! Lua scripts for the rooms service. Each touches only the keys of one room
 //! (one hash tag), so it is atomic and Redis-Cluster safe. KEYS are always
-//! `meta, conns, users, history` (see `switchboard_shared::keys::RoomKeys`).
+//! `meta, conns, users, history, read, delivered, reactions` (see
+//! `switchboard_shared::keys::RoomKeys::all`).
 //!
 //! Status codes returned as the first element: 1 ok, -1 no such room,
 //! -2 room full, -3 private room without a grant, -4 not a member,
@@ -16,7 +17,7 @@ pub static CREATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
 redis.call('HSET', KEYS[1], 'max', ARGV[1], 'private', ARGV[2], 'created_by', ARGV[3], 'created_at', ARGV[4], 'seq', 0)
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
@@ -40,7 +41,7 @@ local mine = tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '0')
 if mine == 0 and max > 0 and redis.call('HLEN', KEYS[3]) >= max then return {-2, 0, 0, 0} end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
-for i = 1, 4 do redis.call('PERSIST', KEYS[i]) end
+for i = 1, #KEYS do redis.call('PERSIST', KEYS[i]) end
 local new = 0
 if mine == 0 then new = 1 end
 return {1, seq, redis.call('HLEN', KEYS[3]), new}
@@ -63,7 +64,7 @@ if redis.call('HINCRBY', KEYS[3], user, -1) <= 0 then
 end
 local n = redis.call('HLEN', KEYS[3])
 if n == 0 then
-  for i = 1, 4 do
+  for i = 1, #KEYS do
     if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], ARGV[2]) end
   end
 end
@@ -72,8 +73,9 @@ return {1, n, gone, user}
     )
 });
 
-/// ARGV: member field, now_ms, json head, json tail, history_max, cutoff_ms.
-/// The stored message is `head .. seq .. tail`.
+/// ARGV: member field, now_ms, json head, json tail, history_max, cutoff_ms,
+/// user. The stored message is `head .. seq .. tail`; the sender's read
+/// marker moves to it (sending implies having read the conversation).
 /// Returns {seq, message} or {-4, ''} when the connection is not a member.
 pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -87,6 +89,8 @@ local old = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 8)
 for _, e in ipairs(old) do
   if tonumber(e[2][2]) < cutoff then redis.call('XDEL', KEYS[4], e[1]) else break end
 end
+local r = tonumber(redis.call('HGET', KEYS[5], ARGV[7]) or '0')
+if seq > r then redis.call('HSET', KEYS[5], ARGV[7], seq) end
 return {seq, m}
 "#,
     )
@@ -107,6 +111,44 @@ else
   items = redis.call('XRANGE', KEYS[4], ARGV[1], ARGV[2], 'COUNT', ARGV[3])
 end
 return {1, head, oldest, items}
+"#,
+    )
+});
+
+/// ARGV: member field, user, delivered (or -1), read (or -1).
+/// Markers only move forward and never past the head. Returns
+/// {status, delivered, read, changed (0/1)}.
+pub static MARK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {-4, 0, 0, 0} end
+local head = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local changed = 0
+local d = tonumber(redis.call('HGET', KEYS[6], ARGV[2]) or '0')
+local r = tonumber(redis.call('HGET', KEYS[5], ARGV[2]) or '0')
+local nd = math.min(tonumber(ARGV[3]), head)
+local nr = math.min(tonumber(ARGV[4]), head)
+if nr > r then r = nr; redis.call('HSET', KEYS[5], ARGV[2], r); changed = 1 end
+if r > d then nd = math.max(nd, r) end
+if nd > d then d = nd; redis.call('HSET', KEYS[6], ARGV[2], d); changed = 1 end
+return {1, d, r, changed}
+"#,
+    )
+});
+
+/// ARGV: member field, field (`<seq>|<emoji>|<user>`), seq, add (1) or remove (0).
+/// Returns {status, changed (0/1)}; status -5 when the seq does not exist.
+pub static REACT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {-4, 0} end
+local head = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local seq = tonumber(ARGV[3])
+if seq < 1 or seq > head then return {-5, 0} end
+if ARGV[4] == '1' then
+  return {1, redis.call('HSETNX', KEYS[7], ARGV[2], 1)}
+end
+return {1, redis.call('HDEL', KEYS[7], ARGV[2])}
 "#,
     )
 });
