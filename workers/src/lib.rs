@@ -3,6 +3,7 @@
 //! the load and any replica can serve any request: all state is in Redis.
 #![forbid(unsafe_code)]
 
+pub mod notifications;
 pub mod presence;
 pub mod rooms;
 pub mod service;
@@ -14,7 +15,7 @@ use switchboard_shared::config::Config;
 use switchboard_shared::{Shutdown, bus, redis};
 
 /// The services this binary can run.
-pub const SERVICES: &[&str] = &["rooms", "presence"];
+pub const SERVICES: &[&str] = &["rooms", "presence", "notifications"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -115,6 +116,30 @@ pub async fn start(
                     },
                 ));
                 let subs = service::subscribe(&nats, "presence").await?;
+                tasks.push(tokio::spawn(service::serve(
+                    svc,
+                    subs,
+                    nats.clone(),
+                    cfg.workers.concurrency,
+                    shutdown.clone(),
+                )));
+            }
+            "notifications" => {
+                let svc = Arc::new(notifications::Notifications::new(
+                    nats.clone(),
+                    pool.clone(),
+                    cfg.notifications.clone(),
+                ));
+                let api = nats
+                    .queue_subscribe(notifications::SEND_SUBJECT, "notifications".to_owned())
+                    .await?;
+                let api_svc = svc.clone();
+                let api_shutdown = shutdown.clone();
+                tasks.push(tokio::spawn(async move {
+                    notifications::serve_api(api_svc, api, api_shutdown).await;
+                    Ok(())
+                }));
+                let subs = service::subscribe(&nats, "notifications").await?;
                 tasks.push(tokio::spawn(service::serve(
                     svc,
                     subs,
