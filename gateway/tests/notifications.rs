@@ -180,7 +180,11 @@ async fn online_devices_get_it_at_once_and_stay_in_step() {
         "not_found"
     );
     phone.ok("notifications.clear", json!({"all": true})).await;
-    assert_eq!(phone.ok("notifications.list", json!({})).await["total"], 0);
+    // (No data at all means defaults.)
+    assert_eq!(
+        phone.ok("notifications.list", json!(null)).await["total"],
+        0
+    );
 
     assert_eq!(
         phone.err("notifications.mark_read", json!({})).await,

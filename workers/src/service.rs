@@ -65,11 +65,12 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
 }
 
 /// Parses a request's JSON payload into `T`, with a client-facing error.
+/// Absent data (`null`) reads as `{}`, so ops whose fields are all optional
+/// need no `data`.
 pub fn parse<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, ClientError> {
-    let payload: &[u8] = if req.payload.is_empty() {
-        b"null"
-    } else {
-        &req.payload
+    let payload: &[u8] = match req.payload.as_ref() {
+        b"" | b"null" => b"{}",
+        p => p,
     };
     serde_json::from_slice(payload)
         .map_err(|e| ClientError::new(ErrorCode::BadRequest, format!("invalid data: {e}")))
