@@ -27,6 +27,8 @@ pub struct Config {
     pub rooms: RoomsConfig,
     pub presence: PresenceConfig,
     pub notifications: NotificationsConfig,
+    pub signaling: SignalingConfig,
+    pub matchmaking: MatchmakingConfig,
     pub log: LogConfig,
 }
 
@@ -158,6 +160,38 @@ pub struct NotificationsConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
+pub struct SignalingConfig {
+    /// A call nobody answers ends (reason `timeout`) after this.
+    pub ring_timeout_ms: u64,
+    /// A party whose connection drops has this long to come back (any
+    /// gateway) before the call ends with reason `disconnected`.
+    pub reconnect_grace_ms: u64,
+    /// Calls kept in each user's history.
+    pub history_max: u64,
+    /// How long ended calls (and their ratings) are kept, in seconds.
+    pub history_ttl_secs: u64,
+    /// Largest SDP / candidate payload relayed, in bytes.
+    pub max_signal_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MatchmakingConfig {
+    /// How often each matchmaking replica runs a matching pass.
+    pub tick_ms: u64,
+    /// A ticket not matched within this is dropped (and its owner told).
+    pub ticket_ttl_secs: u64,
+    /// After how many seconds of waiting each optional term is relaxed, in
+    /// order: the first entry drops the first optional term, and so on.
+    pub relax_after_secs: Vec<u64>,
+    /// How often waiting tickets get position / estimated-wait updates.
+    pub status_interval_ms: u64,
+    /// Most tickets examined per matching pass.
+    pub max_tickets_per_pass: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `pretty` (for terminals) or `json`.
     pub format: String,
@@ -212,7 +246,13 @@ impl Default for GatewayConfig {
             write_timeout_ms: 10_000,
             request_timeout_ms: 5_000,
             max_inflight: 64,
-            services: vec!["rooms".into(), "presence".into(), "notifications".into()],
+            services: vec![
+                "rooms".into(),
+                "presence".into(),
+                "notifications".into(),
+                "signaling".into(),
+                "matchmaking".into(),
+            ],
             reorder_window_ms: 100,
             reorder_buffer: 1024,
             heartbeat_interval_ms: 4_000,
@@ -258,6 +298,30 @@ impl Default for NotificationsConfig {
             per_user_cap: 500,
             pending_on_connect: 100,
             max_content_bytes: 16 * 1024,
+        }
+    }
+}
+
+impl Default for SignalingConfig {
+    fn default() -> Self {
+        Self {
+            ring_timeout_ms: 30_000,
+            reconnect_grace_ms: 15_000,
+            history_max: 100,
+            history_ttl_secs: 30 * 24 * 3600,
+            max_signal_bytes: 16 * 1024,
+        }
+    }
+}
+
+impl Default for MatchmakingConfig {
+    fn default() -> Self {
+        Self {
+            tick_ms: 200,
+            ticket_ttl_secs: 600,
+            relax_after_secs: vec![10, 20, 30],
+            status_interval_ms: 2_000,
+            max_tickets_per_pass: 10_000,
         }
     }
 }

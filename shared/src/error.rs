@@ -28,12 +28,17 @@ pub enum ErrorCode {
     Timeout,
     /// No worker for that service is running.
     ServiceUnavailable,
+    /// The user is already in a call.
+    Busy,
+    /// The operation does not fit the target's current state (e.g. answering
+    /// a call that has ended).
+    Conflict,
     /// Something failed on our side.
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 14] = [
         Self::BadRequest,
         Self::UnknownOp,
         Self::InvalidId,
@@ -45,6 +50,8 @@ impl ErrorCode {
         Self::TooManyRequests,
         Self::Timeout,
         Self::ServiceUnavailable,
+        Self::Busy,
+        Self::Conflict,
         Self::Internal,
     ];
 
@@ -61,6 +68,8 @@ impl ErrorCode {
             Self::TooManyRequests => "too_many_requests",
             Self::Timeout => "timeout",
             Self::ServiceUnavailable => "service_unavailable",
+            Self::Busy => "busy",
+            Self::Conflict => "conflict",
             Self::Internal => "internal",
         }
     }

@@ -3,6 +3,7 @@
 //! the load and any replica can serve any request: all state is in Redis.
 #![forbid(unsafe_code)]
 
+pub mod matchmaking;
 pub mod notifications;
 pub mod presence;
 pub mod rooms;
@@ -15,7 +16,7 @@ use switchboard_shared::config::Config;
 use switchboard_shared::{Shutdown, bus, redis};
 
 /// The services this binary can run.
-pub const SERVICES: &[&str] = &["rooms", "presence", "notifications"];
+pub const SERVICES: &[&str] = &["rooms", "presence", "notifications", "matchmaking"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -140,6 +141,30 @@ pub async fn start(
                     Ok(())
                 }));
                 let subs = service::subscribe(&nats, "notifications").await?;
+                tasks.push(tokio::spawn(service::serve(
+                    svc,
+                    subs,
+                    nats.clone(),
+                    cfg.workers.concurrency,
+                    shutdown.clone(),
+                )));
+            }
+            "matchmaking" => {
+                let svc = Arc::new(matchmaking::Matchmaking::new(
+                    nats.clone(),
+                    pool.clone(),
+                    cfg.matchmaking.clone(),
+                ));
+                let ticker = svc.clone();
+                tasks.push(every(
+                    Duration::from_millis(cfg.matchmaking.tick_ms),
+                    shutdown.clone(),
+                    move || {
+                        let svc = ticker.clone();
+                        async move { svc.tick().await }
+                    },
+                ));
+                let subs = service::subscribe(&nats, "matchmaking").await?;
                 tasks.push(tokio::spawn(service::serve(
                     svc,
                     subs,

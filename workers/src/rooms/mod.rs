@@ -114,6 +114,16 @@ struct HistoryReq {
     limit: Option<u64>,
 }
 
+/// Internal (`rooms._create_for`): another service makes a private room for
+/// a set of users, e.g. a match.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateForReq {
+    pub room: Option<String>,
+    pub max_members: Option<u32>,
+    pub members: Vec<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TypingReq {
@@ -299,6 +309,54 @@ impl Rooms {
         }
         Ok(Outcome::json(
             &json!({"room": room.as_str(), "max_members": max, "private": req.private}),
+        ))
+    }
+
+    /// A private room that admits exactly `members` (plus token grants).
+    async fn create_for(&self, req: &Request) -> Result<Outcome, ClientError> {
+        let tenant = TenantId::parse(&req.tenant)?;
+        let body: CreateForReq = parse(req)?;
+        if body.members.is_empty() || body.members.len() > 100 {
+            return Err(ClientError::new(
+                ErrorCode::BadRequest,
+                "`members` takes 1 to 100 users",
+            ));
+        }
+        let members: Vec<UserId> = body
+            .members
+            .iter()
+            .map(|u| UserId::parse(u))
+            .collect::<Result<_, _>>()?;
+        let room = match &body.room {
+            Some(r) => room_id(r)?,
+            None => RoomId::generate(),
+        };
+        let max = body.max_members.unwrap_or(members.len() as u32);
+        let k = RoomKeys::new(&tenant, &room);
+        let mut r = self.conn().await?;
+        let created: i64 = scripts::CREATE
+            .key(k.all().as_slice())
+            .arg(max)
+            .arg("1")
+            .arg(members[0].as_str())
+            .arg(now_ms())
+            .arg(self.cfg.idle_ttl_secs.max(1))
+            .invoke_async(&mut r)
+            .await
+            .map_err(internal)?;
+        if created == 0 {
+            return Err(ClientError::new(
+                ErrorCode::AlreadyExists,
+                format!("room {room} exists"),
+            ));
+        }
+        let mut pipe = redis::pipe();
+        for u in &members {
+            pipe.hset(&k.meta, format!("allow:{u}"), 1).ignore();
+        }
+        let _: () = pipe.query_async(&mut r).await.map_err(internal)?;
+        Ok(Outcome::json(
+            &json!({"room": room.as_str(), "max_members": max, "private": true}),
         ))
     }
 
@@ -1083,6 +1141,10 @@ impl Service for Rooms {
     }
 
     async fn handle(&self, op: &str, req: Request) -> Result<Outcome, ClientError> {
+        if op == "_create_for" {
+            // Internal: clients can never name ops starting with `_`.
+            return self.create_for(&req).await;
+        }
         let c = Caller::from_request(&req)?;
         match op {
             "create" => self.create(&c, parse(&req)?).await,

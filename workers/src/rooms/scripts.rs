@@ -25,7 +25,9 @@ return 1
     )
 });
 
-/// ARGV: member field (`gw:conn`), user, granted (0/1).
+/// ARGV: member field (`gw:conn`), user, granted (0/1). A private room
+/// also admits users listed in its meta as `allow:<user>` (rooms made for
+/// them by another service, e.g. matchmaking).
 /// Returns {status, head_seq, member_count, new_user (0/1)}.
 pub static JOIN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -35,7 +37,8 @@ local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
   return {1, seq, redis.call('HLEN', KEYS[3]), 0}
 end
-if redis.call('HGET', KEYS[1], 'private') == '1' and ARGV[3] ~= '1' then return {-3, 0, 0, 0} end
+if redis.call('HGET', KEYS[1], 'private') == '1' and ARGV[3] ~= '1'
+  and redis.call('HEXISTS', KEYS[1], 'allow:' .. ARGV[2]) == 0 then return {-3, 0, 0, 0} end
 local max = tonumber(redis.call('HGET', KEYS[1], 'max') or '0')
 local mine = tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '0')
 if mine == 0 and max > 0 and redis.call('HLEN', KEYS[3]) >= max then return {-2, 0, 0, 0} end
