@@ -8,6 +8,7 @@ pub mod notifications;
 pub mod presence;
 pub mod rooms;
 pub mod service;
+pub mod signaling;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,13 @@ use switchboard_shared::config::Config;
 use switchboard_shared::{Shutdown, bus, redis};
 
 /// The services this binary can run.
-pub const SERVICES: &[&str] = &["rooms", "presence", "notifications", "matchmaking"];
+pub const SERVICES: &[&str] = &[
+    "rooms",
+    "presence",
+    "notifications",
+    "signaling",
+    "matchmaking",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -141,6 +148,30 @@ pub async fn start(
                     Ok(())
                 }));
                 let subs = service::subscribe(&nats, "notifications").await?;
+                tasks.push(tokio::spawn(service::serve(
+                    svc,
+                    subs,
+                    nats.clone(),
+                    cfg.workers.concurrency,
+                    shutdown.clone(),
+                )));
+            }
+            "signaling" => {
+                let svc = Arc::new(signaling::Signaling::new(
+                    nats.clone(),
+                    pool.clone(),
+                    cfg.signaling.clone(),
+                ));
+                let sweeper = svc.clone();
+                tasks.push(every(
+                    Duration::from_millis(250),
+                    shutdown.clone(),
+                    move || {
+                        let svc = sweeper.clone();
+                        async move { svc.sweep().await }
+                    },
+                ));
+                let subs = service::subscribe(&nats, "signaling").await?;
                 tasks.push(tokio::spawn(service::serve(
                     svc,
                     subs,

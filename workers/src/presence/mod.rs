@@ -371,6 +371,23 @@ impl Presence {
                 if changed {
                     self.announce(tenant, user, &st).await;
                 }
+                if !gone {
+                    // The new device learns the user's own presence (status
+                    // and text may have been set from another device). It
+                    // also tells the device it is now reachable as this user.
+                    let mut data = st.to_json(user);
+                    data["status"] = Value::from(st.status.clone());
+                    data["self"] = Value::Bool(true);
+                    let frame = json!({"event": "presence", "data": data});
+                    let push = Push {
+                        frame: bytes::Bytes::from(frame.to_string()),
+                        ..Push::default()
+                    };
+                    let _ = self
+                        .nats
+                        .publish(subjects::conn(gw, conn), bus::encode(&push))
+                        .await;
+                }
             }
             Err(e) => tracing::warn!(error = %e, "presence connect failed"),
         }
