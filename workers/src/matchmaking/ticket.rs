@@ -37,10 +37,19 @@ pub enum Prop {
     Str(String),
 }
 
+/// A number as clients wrote it: integral values without a fraction.
+fn num_json(n: f64) -> Value {
+    if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 {
+        json!(n as i64)
+    } else {
+        json!(n)
+    }
+}
+
 impl Prop {
     fn to_json(&self) -> Value {
         match self {
-            Self::Num(n) => json!(n),
+            Self::Num(n) => num_json(*n),
             Self::Str(s) => json!(s),
         }
     }
@@ -93,10 +102,10 @@ impl Term {
             Test::Range { min, max } => {
                 let mut o = Map::new();
                 if let Some(m) = min {
-                    o.insert("min".into(), json!(m));
+                    o.insert("min".into(), num_json(*m));
                 }
                 if let Some(m) = max {
-                    o.insert("max".into(), json!(m));
+                    o.insert("max".into(), num_json(*m));
                 }
                 Value::Object(o)
             }
@@ -492,8 +501,10 @@ pub(crate) mod tests {
         let t = ticket("a", 0, json!({ "query": q }));
         let back = t.query_json();
         assert_eq!(back["required"], json!({"region": ["eu", "us"]}));
-        assert_eq!(back["ranges"]["skill"], json!({"min": 1.0, "max": 5.0}));
-        assert_eq!(back["optional"][1], json!({"age": {"min": 18.0}}));
+        assert_eq!(back["ranges"]["skill"], json!({"min": 1, "max": 5}));
+        assert_eq!(back["optional"][1], json!({"age": {"min": 18}}));
+        let frac = ticket("f", 0, json!({"props": {"x": 1.5, "y": -3}}));
+        assert_eq!(frac.props_json(), json!({"x": 1.5, "y": -3}));
         let stored = serde_json::to_string(&t).unwrap_or_default();
         let again: Ticket = serde_json::from_str(&stored).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(again, t);
