@@ -1,0 +1,534 @@
+//! The suite's report: one table of figures (Switchboard, B1, B2, Socket.IO)
+//! with ratios, the targets from the issue evaluated against the figures
+//! (reported, never asserted), and the product floors for `pairs`. Rendered
+//! as aligned text for the terminal and as Markdown for `loadtest/results/`.
+//!
+//! Ratio columns: "SB ÷ B1" and "SB ÷ B2" put Switchboard over a baseline;
+//! "SIO ÷ SB" puts the peer over Switchboard (for costs, how many times more
+//! the peer spends).
+
+use std::fmt::Write as _;
+
+use crate::scenarios::pairs;
+use crate::suite::Suite;
+
+const TARGETS: [&str; 4] = ["switchboard", "b1", "b2", "socketio"];
+const HEADERS: [&str; 4] = ["Switchboard", "B1 wire", "B2 relay", "Socket.IO+Redis"];
+
+struct Row {
+    label: String,
+    vals: [Option<f64>; 4],
+    digits: usize,
+}
+
+fn row(label: &str, digits: usize, f: impl Fn(&str) -> Option<f64>) -> Row {
+    Row {
+        label: label.to_owned(),
+        vals: TARGETS.map(&f),
+        digits,
+    }
+}
+
+fn rows(s: &Suite) -> Vec<Row> {
+    let r = &s.results;
+    let c = |t: &str| r.connect.get(t);
+    let p = |t: &str| r.pairs.get(t);
+    let f = |t: &str| r.fanout.get(t);
+    let q = |t: &str| r.rtt_closed.get(t);
+    let o = |t: &str| r.rtt_open.get(t);
+    let mut v = vec![
+        row("connect: connections held", 0, |t| {
+            c(t).map(|x| x.held_at_end as f64)
+        }),
+        row("connect: handshakes/s", 0, |t| {
+            c(t).map(|x| x.handshake_rate)
+        }),
+        row("connect: handshake p99 ms", 2, |t| {
+            c(t).map(|x| x.handshake_latency.p99_ms)
+        }),
+        row("connect: server RSS KiB/conn", 2, |t| {
+            c(t).and_then(|x| x.rss_per_conn_kib)
+        }),
+        row("pairs: sessions", 0, |t| p(t).map(|x| x.sessions as f64)),
+        row("pairs: delivered %", 2, |t| {
+            p(t).and_then(|x| x.delivered_ratio).map(|x| x * 100.0)
+        }),
+        row("pairs: latency p50 ms", 2, |t| {
+            p(t).map(|x| x.latency.p50_ms)
+        }),
+        row("pairs: latency p95 ms", 2, |t| {
+            p(t).map(|x| x.latency.p95_ms)
+        }),
+        row("pairs: latency p99 ms", 2, |t| {
+            p(t).map(|x| x.latency.p99_ms)
+        }),
+        row("pairs: latency max ms", 2, |t| {
+            p(t).map(|x| x.latency.max_ms)
+        }),
+        row("pairs: front CPU-s per 1M delivered", 1, |t| {
+            p(t).and_then(|x| x.front_cpu_s_per_m)
+        }),
+        row("pairs: server CPU-s per 1M delivered", 1, |t| {
+            p(t).and_then(|x| x.stack_cpu_s_per_m)
+        }),
+        row("fanout: delivered %", 2, |t| {
+            f(t).and_then(|x| x.delivered_ratio).map(|x| x * 100.0)
+        }),
+        row("fanout: deliveries/s (wall)", 0, |t| {
+            f(t).map(|x| x.deliveries_per_s)
+        }),
+        row("fanout: deliveries per front CPU-s", 0, |t| {
+            f(t).and_then(|x| x.deliveries_per_front_cpu_s)
+        }),
+        row("fanout: latency p50 ms", 2, |t| {
+            f(t).map(|x| x.latency.p50_ms)
+        }),
+        row("fanout: latency p99 ms", 2, |t| {
+            f(t).map(|x| x.latency.p99_ms)
+        }),
+        row("fanout: front CPU-s per 1M delivered", 2, |t| {
+            f(t).and_then(|x| x.front_cpu_s_per_m)
+        }),
+        row("fanout: server CPU-s per 1M delivered", 2, |t| {
+            f(t).and_then(|x| x.stack_cpu_s_per_m)
+        }),
+        row("rtt closed: req/s", 0, |t| q(t).map(|x| x.throughput)),
+        row("rtt closed: p50 ms", 3, |t| q(t).map(|x| x.latency.p50_ms)),
+        row("rtt closed: p99 ms", 3, |t| q(t).map(|x| x.latency.p99_ms)),
+        row("rtt closed: server CPU-s per 1M", 1, |t| {
+            q(t).and_then(|x| x.stack_cpu_s_per_m)
+        }),
+    ];
+    if let Some(rate) = s.params.rtt_open_rate {
+        v.push(row(&format!("rtt open @{rate:.0}/s: p50 ms"), 3, |t| {
+            o(t).map(|x| x.latency.p50_ms)
+        }));
+        v.push(row(&format!("rtt open @{rate:.0}/s: p99 ms"), 3, |t| {
+            o(t).map(|x| x.latency.p99_ms)
+        }));
+    }
+    if let Some(i) = &r.rtt_info {
+        let pick = |t: &str, x: f64| (t == "switchboard").then_some(x);
+        v.push(row("rtt rooms.info (Redis) req/s", 0, |t| {
+            pick(t, i.throughput)
+        }));
+        v.push(row("rtt rooms.info (Redis) p99 ms", 3, |t| {
+            pick(t, i.latency.p99_ms)
+        }));
+    }
+    v
+}
+
+fn num(v: Option<f64>, digits: usize) -> String {
+    match v {
+        Some(x) if x.is_finite() => {
+            if digits == 0 && x.abs() >= 10_000.0 {
+                // Thousands separators for big counts.
+                let s = format!("{:.0}", x);
+                let mut out = String::new();
+                for (i, ch) in s.chars().enumerate() {
+                    if i > 0 && (s.len() - i) % 3 == 0 && ch != '-' {
+                        out.push(',');
+                    }
+                    out.push(ch);
+                }
+                out
+            } else {
+                format!("{x:.digits$}")
+            }
+        }
+        _ => "–".to_owned(),
+    }
+}
+
+fn times(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b != 0.0 && a.is_finite() && b.is_finite() => {
+            format!("{:.2}×", a / b)
+        }
+        _ => "–".to_owned(),
+    }
+}
+
+fn cells(r: &Row) -> Vec<String> {
+    let [sb, b1, b2, sio] = r.vals;
+    let mut out = vec![r.label.clone()];
+    out.extend(r.vals.iter().map(|v| num(*v, r.digits)));
+    out.push(times(sb, b1));
+    out.push(times(sb, b2));
+    out.push(times(sio, sb));
+    out
+}
+
+fn header() -> Vec<String> {
+    let mut h = vec!["metric".to_owned()];
+    h.extend(HEADERS.iter().map(|s| (*s).to_owned()));
+    h.extend(["SB ÷ B1", "SB ÷ B2", "SIO ÷ SB"].map(str::to_owned));
+    h
+}
+
+/// The figures as an aligned text table.
+pub fn table(s: &Suite) -> String {
+    let mut lines = vec![header()];
+    lines.extend(rows(s).iter().map(cells));
+    let cols = lines[0].len();
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for (n, l) in lines.iter().enumerate() {
+        for (i, c) in l.iter().enumerate() {
+            let pad = widths[i] - c.chars().count();
+            if i == 0 {
+                let _ = write!(out, "{c}{}", " ".repeat(pad));
+            } else {
+                let _ = write!(out, "  {}{c}", " ".repeat(pad));
+            }
+        }
+        out.push('\n');
+        if n == 0 {
+            out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 2 * (cols - 1)));
+            out.push('\n');
+        }
+    }
+    out.push('\n');
+    let worst = worst_noise(s);
+    if worst > 10.0 {
+        let _ = writeln!(
+            out,
+            "WARNING: other processes used up to {worst:.0} % of the machine during a measuring window; figures are noisy (see the report's Noise section).\n"
+        );
+    }
+    for c in checks(s) {
+        let _ = writeln!(
+            out,
+            "{:<4} {}: {} (goal {})",
+            verdict(c.met),
+            c.name,
+            c.measured,
+            c.goal
+        );
+    }
+    out
+}
+
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "MET",
+        Some(false) => "MISS",
+        None => "n/a",
+    }
+}
+
+/// One target from the issue, evaluated.
+pub struct Check {
+    pub name: &'static str,
+    pub measured: String,
+    pub goal: String,
+    pub met: Option<bool>,
+}
+
+pub fn checks(s: &Suite) -> Vec<Check> {
+    let r = &s.results;
+    let mut out = Vec::new();
+    let rss = r
+        .connect
+        .get("switchboard")
+        .and_then(|c| c.rss_per_conn_kib);
+    out.push(Check {
+        name: "idle authenticated connection RSS",
+        measured: rss.map_or("not measured".into(), |v| format!("{v:.2} KiB/conn")),
+        goal: "≤ 8 KiB (Centrifugo documents ~30 KB)".into(),
+        met: rss.map(|v| v <= 8.0),
+    });
+    let fan = r
+        .fanout
+        .get("switchboard")
+        .and_then(|f| f.deliveries_per_front_cpu_s);
+    out.push(Check {
+        name: "fan-out deliveries per gateway core",
+        measured: fan.map_or("not measured".into(), |v| {
+            format!("{} /s per core", num(Some(v), 0))
+        }),
+        goal: "≥ 300,000/s".into(),
+        met: fan.map(|v| v >= 300_000.0),
+    });
+    let sb = r.rtt_closed.get("switchboard").map(|x| x.throughput);
+    let b2 = r.rtt_closed.get("b2").map(|x| x.throughput);
+    let share = match (sb, b2) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    out.push(Check {
+        name: "rtt throughput vs B2 (closed loop, same concurrency)",
+        measured: share.map_or("not measured".into(), |v| {
+            format!("{:.1} % of B2", v * 100.0)
+        }),
+        goal: "≥ 85 %".into(),
+        met: share.map(|v| v >= 0.85),
+    });
+    let p99 = match (r.rtt_open.get("switchboard"), r.rtt_open.get("b2")) {
+        (Some(a), Some(b)) if b.latency.p99_ms > 0.0 => Some((a.latency.p99_ms, b.latency.p99_ms)),
+        _ => None,
+    };
+    out.push(Check {
+        name: "rtt p99 vs B2 at the same offered load",
+        measured: p99.map_or("not measured".into(), |(a, b)| {
+            format!("{a:.3} ms vs {b:.3} ms = {:.2}×", a / b)
+        }),
+        goal: "≤ 1.5×".into(),
+        met: p99.map(|(a, b)| a <= 1.5 * b),
+    });
+    for (name, sb, sio) in [
+        (
+            "server CPU per delivered message vs Socket.IO (pairs)",
+            r.pairs.get("switchboard").and_then(|x| x.stack_cpu_s_per_m),
+            r.pairs.get("socketio").and_then(|x| x.stack_cpu_s_per_m),
+        ),
+        (
+            "server CPU per delivered message vs Socket.IO (fanout)",
+            r.fanout
+                .get("switchboard")
+                .and_then(|x| x.stack_cpu_s_per_m),
+            r.fanout.get("socketio").and_then(|x| x.stack_cpu_s_per_m),
+        ),
+    ] {
+        let x = match (sb, sio) {
+            (Some(a), Some(b)) if a > 0.0 => Some((a, b, b / a)),
+            _ => None,
+        };
+        out.push(Check {
+            name,
+            measured: x.map_or("not measured".into(), |(a, b, k)| {
+                format!("{a:.1} vs {b:.1} CPU-s per 1M = {k:.2}× less")
+            }),
+            goal: "≥ 10× less".into(),
+            met: x.map(|(_, _, k)| k >= 10.0),
+        });
+    }
+    let big = r
+        .connect
+        .get("switchboard")
+        .filter(|c| c.requested >= 100_000);
+    out.push(Check {
+        name: "100k concurrent connections held without errors",
+        measured: match (big, r.connect.get("switchboard")) {
+            (Some(c), _) => format!(
+                "{} of {} held to the end on {} gateway process(es), {} errors",
+                c.held_at_end,
+                c.requested,
+                s.params.sb_gateways_for_connect,
+                c.failed as u64 + c.dropped.values().sum::<u64>()
+            ),
+            (None, Some(c)) => format!("not run at this size (N = {})", c.requested),
+            (None, None) => "not run".into(),
+        },
+        goal: "100,000 held, 0 errors".into(),
+        met: big.map(|c| c.held_at_end == c.requested && c.failed == 0 && c.dropped.is_empty()),
+    });
+    out
+}
+
+/// (foreign %, steal %) of one window.
+type Noise = (f64, f64);
+
+/// Share of the machine used by other processes during each measured window
+/// (`foreign` CPU ÷ (wall × CPUs)), and hypervisor steal: runs on a shared
+/// machine are only comparable when these stay small.
+fn noise(s: &Suite) -> Vec<(String, [Option<Noise>; 4])> {
+    let n = s.machine.nproc.max(1) as f64;
+    let pct = |c: &crate::metrics::CpuUse| {
+        (c.wall_s > 0.0).then(|| {
+            (
+                100.0 * c.foreign_s / (c.wall_s * n),
+                100.0 * c.steal_s / (c.wall_s * n),
+            )
+        })
+    };
+    let r = &s.results;
+    vec![
+        (
+            "connect (ramp)".to_owned(),
+            TARGETS.map(|t| r.connect.get(t).and_then(|x| pct(&x.ramp_cpu))),
+        ),
+        (
+            "pairs".to_owned(),
+            TARGETS.map(|t| r.pairs.get(t).and_then(|x| pct(&x.cpu))),
+        ),
+        (
+            "fanout".to_owned(),
+            TARGETS.map(|t| r.fanout.get(t).and_then(|x| pct(&x.cpu))),
+        ),
+        (
+            "rtt closed".to_owned(),
+            TARGETS.map(|t| r.rtt_closed.get(t).and_then(|x| pct(&x.cpu))),
+        ),
+        (
+            "rtt open".to_owned(),
+            TARGETS.map(|t| r.rtt_open.get(t).and_then(|x| pct(&x.cpu))),
+        ),
+    ]
+}
+
+/// The largest foreign-CPU share seen in any window, percent.
+pub fn worst_noise(s: &Suite) -> f64 {
+    noise(s)
+        .iter()
+        .flat_map(|(_, v)| v.iter().flatten().map(|(f, _)| *f))
+        .fold(0.0, f64::max)
+}
+
+/// The whole report as Markdown.
+pub fn markdown(s: &Suite) -> String {
+    let mut md = String::new();
+    let m = &s.machine;
+    let p = &s.params;
+    let _ = writeln!(md, "# Switchboard benchmark: {}\n", s.name);
+    let _ = writeln!(
+        md,
+        "Run {} at commit `{}` with `make bench` (`loadtest/bench.sh`).{}\n",
+        s.date,
+        s.commit,
+        if s.note.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", s.note)
+        }
+    );
+    let _ = writeln!(md, "## Machine\n");
+    let _ = writeln!(md, "- CPUs: {} (`nproc`), {}", m.nproc, m.cpu_model);
+    let _ = writeln!(md, "- Memory: {} GiB", m.mem_total_gib);
+    let _ = writeln!(md, "- Kernel: {}", m.kernel);
+    let _ = writeln!(md, "- Open files limit (soft/hard): {}", m.nofile_limit);
+    let _ = writeln!(
+        md,
+        "- Everything (servers, NATS, Redis, Node and the load generator) shares these CPUs.\n"
+    );
+    let _ = writeln!(md, "## Shapes\n");
+    let _ = writeln!(
+        md,
+        "- `connect`: {} connections to Switchboard ({} gateway process(es)), {} to each baseline and the peer; held {} s.",
+        p.connections, p.sb_gateways_for_connect, p.peer_connections, p.hold_secs
+    );
+    let _ = writeln!(
+        md,
+        "- `pairs`: {} couples in two-member rooms, each side sending {} msg/s for {} s.",
+        p.pairs, p.pair_rate, p.duration
+    );
+    let _ = writeln!(
+        md,
+        "- `fanout`: one room, {} members, one publisher at {} msg/s for {} s.",
+        p.fanout_members, p.fanout_rate, p.duration
+    );
+    let _ = writeln!(
+        md,
+        "- `rtt`: {} connections, closed loop with {} request(s) outstanding on each (enough to saturate the servers), {} s; then open loop at {} req/s (half of B2's closed-loop throughput) for Switchboard and B2. Switchboard's op is `rooms.echo`, which the rooms worker answers (`unknown_op`) without Redis: the same gateway → NATS → worker → NATS → gateway path as B2. `rooms.info` (two Redis round trips) is reported separately.\n",
+        p.rtt_connections,
+        p.rtt_window,
+        p.duration,
+        p.rtt_open_rate.map_or("–".into(), |r| format!("{r:.0}"))
+    );
+    let _ = writeln!(md, "## Results\n");
+    if p.repeat > 1 {
+        let _ = writeln!(
+            md,
+            "`pairs`, `fanout` and `rtt` figures are per-field medians of {} rounds, the targets interleaved within each round; `connect` ran once, against freshly started servers. Every run is in the JSON file.\n",
+            p.repeat
+        );
+    }
+    let h = header();
+    let _ = writeln!(md, "| {} |", h.join(" | "));
+    let _ = writeln!(
+        md,
+        "|{}",
+        h.iter()
+            .enumerate()
+            .map(|(i, _)| if i == 0 { "---|" } else { "---:|" })
+            .collect::<String>()
+    );
+    for r in rows(s) {
+        let _ = writeln!(md, "| {} |", cells(&r).join(" | "));
+    }
+    let _ = writeln!(
+        md,
+        "\n*Front* is the process holding the sockets (gateway, B1, B2 relay, Node). *Server CPU* is every server-side process of the target: Switchboard = gateway + rooms worker + NATS + Redis; B2 = relay + echo worker + NATS; Socket.IO = Node + Redis. CPU is `utime + stime` from `/proc/<pid>/stat` over the measuring window; RSS is `VmRSS` from `/proc/<pid>/status`.\n"
+    );
+    let _ = writeln!(md, "## Targets (reported, not asserted)\n");
+    let _ = writeln!(
+        md,
+        "| target | measured | goal | verdict |\n|---|---|---|---|"
+    );
+    for c in checks(s) {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            c.name,
+            c.measured,
+            c.goal,
+            verdict(c.met)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n## Product floors for `pairs` (p95 < {} ms, > {} % delivered, > {} sessions)\n",
+        pairs::FLOOR_P95_MS,
+        pairs::FLOOR_DELIVERED * 100.0,
+        pairs::FLOOR_SESSIONS
+    );
+    let _ = writeln!(
+        md,
+        "| system | sessions | delivered | p95 | floors |\n|---|---:|---:|---:|---|"
+    );
+    for (i, t) in TARGETS.iter().enumerate() {
+        if let Some(r) = s.results.pairs.get(*t) {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.2} ms | {} |",
+                HEADERS[i],
+                r.sessions,
+                r.delivered_ratio
+                    .map_or("–".into(), |x| format!("{:.2} %", x * 100.0)),
+                r.latency.p95_ms,
+                if r.floors.all_met { "met" } else { "MISSED" }
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n## Noise: other load on the machine during each window\n\nCPU used by processes outside the measured system and the load generator, as a share of the machine (and hypervisor steal). Connect ramps include the load generator's child processes when there are any.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| window | {} |\n|---|---:|---:|---:|---:|",
+        HEADERS.join(" | ")
+    );
+    for (label, vals) in noise(s) {
+        let cells: Vec<String> = vals
+            .iter()
+            .map(|v| {
+                v.map_or("–".into(), |(f, st)| {
+                    format!("{f:.1} % (steal {st:.1} %)")
+                })
+            })
+            .collect();
+        let _ = writeln!(md, "| {label} | {} |", cells.join(" | "));
+    }
+    if !s.results.failures.is_empty() {
+        let _ = writeln!(md, "\n## Failures\n");
+        for (k, v) in &s.results.failures {
+            let _ = writeln!(md, "- `{k}`: {v}");
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nRaw figures (errors, CPU breakdowns, every percentile): `{}.json`.",
+        s.name
+    );
+    md
+}

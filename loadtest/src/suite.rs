@@ -1,0 +1,577 @@
+//! `suite`: every scenario against every target that was given a URL, with
+//! the same shapes, one after the other (scenario-major, so `connect` meets
+//! freshly started servers). Writes `<out>.json` and `<out>.md` and prints
+//! the table of figures and ratios (see [`crate::report`]).
+//!
+//! The servers are started by `loadtest/bench.sh`, which passes their URLs
+//! and pids here; a target without a URL is skipped.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::metrics::{Machine, Servers};
+use crate::report;
+use crate::scenarios::{Common, Spec, connect, fanout, pairs, rtt};
+use crate::wire::Target;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Output path without extension: `<out>.json` and `<out>.md` are written.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Free text describing the run (recorded in the report).
+    #[arg(long, default_value = "")]
+    pub note: String,
+
+    /// Switchboard gateway URL.
+    #[arg(long)]
+    pub sb_url: Option<String>,
+    /// Gateway pid(s).
+    #[arg(long, value_delimiter = ',')]
+    pub sb_front: Vec<u32>,
+    /// Rooms worker, NATS and Redis pids.
+    #[arg(long, value_delimiter = ',')]
+    pub sb_back: Vec<u32>,
+    /// Gateway URLs for `connect` only (several gateways when one process
+    /// cannot hold the requested connections); default: `--sb-url`.
+    #[arg(long, value_delimiter = ',')]
+    pub sb_connect_urls: Vec<String>,
+    /// Pids of the `--sb-connect-urls` gateways.
+    #[arg(long, value_delimiter = ',')]
+    pub sb_connect_front: Vec<u32>,
+
+    #[arg(long)]
+    pub b1_url: Option<String>,
+    #[arg(long, value_delimiter = ',')]
+    pub b1_front: Vec<u32>,
+
+    #[arg(long)]
+    pub b2_url: Option<String>,
+    /// B2 relay pid.
+    #[arg(long, value_delimiter = ',')]
+    pub b2_front: Vec<u32>,
+    /// B2 echo worker and NATS pids.
+    #[arg(long, value_delimiter = ',')]
+    pub b2_back: Vec<u32>,
+
+    #[arg(long)]
+    pub sio_url: Option<String>,
+    /// Node pid.
+    #[arg(long, value_delimiter = ',')]
+    pub sio_front: Vec<u32>,
+    /// The Socket.IO peer's Redis pid.
+    #[arg(long, value_delimiter = ',')]
+    pub sio_back: Vec<u32>,
+
+    /// `connect` size for Switchboard.
+    #[arg(long, default_value_t = 10_000)]
+    pub connections: usize,
+    /// `connect` size for B1, B2 and Socket.IO (capped at `--connections`).
+    #[arg(long, default_value_t = 10_000)]
+    pub peer_connections: usize,
+    #[arg(long, default_value_t = 3.0)]
+    pub hold_secs: f64,
+    #[arg(long, default_value_t = 250)]
+    pub pairs: usize,
+    #[arg(long, default_value_t = 4.0)]
+    pub pair_rate: f64,
+    #[arg(long, default_value_t = 1000)]
+    pub fanout_members: usize,
+    #[arg(long, default_value_t = 100.0)]
+    pub fanout_rate: f64,
+    /// `rtt` connections; with `--rtt-window` requests outstanding on each,
+    /// enough to saturate the servers (closed-loop capacity).
+    #[arg(long, default_value_t = 64)]
+    pub rtt_connections: usize,
+    #[arg(long, default_value_t = 4)]
+    pub rtt_window: usize,
+    /// Open-loop `rtt` rate as a fraction of B2's closed-loop throughput.
+    #[arg(long, default_value_t = 0.5)]
+    pub rtt_open_fraction: f64,
+    /// Measuring time of `pairs`, `fanout` and `rtt`, seconds.
+    #[arg(long, default_value_t = 8.0)]
+    pub duration: f64,
+    /// Rounds of the traffic scenarios (pairs, fanout, rtt); figures are
+    /// per-field medians over the rounds.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Scenarios to run (connect, pairs, fanout, rtt).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "connect,pairs,fanout,rtt"
+    )]
+    pub scenarios: Vec<String>,
+    #[arg(long, default_value = "demo")]
+    pub app: String,
+}
+
+/// Parameters recorded with the results.
+#[derive(Debug, Clone, Serialize)]
+pub struct Params {
+    pub connections: usize,
+    pub peer_connections: usize,
+    pub hold_secs: f64,
+    pub pairs: usize,
+    pub pair_rate: f64,
+    pub fanout_members: usize,
+    pub fanout_rate: f64,
+    pub rtt_connections: usize,
+    pub rtt_window: usize,
+    pub rtt_open_rate: Option<f64>,
+    pub duration: f64,
+    pub repeat: usize,
+    pub sb_gateways_for_connect: usize,
+}
+
+/// Everything a suite run measured.
+#[derive(Debug, Default, Serialize)]
+pub struct Results {
+    pub connect: BTreeMap<&'static str, connect::Report>,
+    pub pairs: BTreeMap<String, pairs::Report>,
+    pub fanout: BTreeMap<String, fanout::Report>,
+    pub rtt_closed: BTreeMap<String, rtt::Report>,
+    pub rtt_open: BTreeMap<String, rtt::Report>,
+    /// Switchboard `rooms.info` (a real op with Redis), closed loop.
+    pub rtt_info: Option<rtt::Report>,
+    /// Scenario failures: "scenario/target" → error.
+    pub failures: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Suite {
+    pub name: String,
+    pub date: String,
+    pub commit: String,
+    pub note: String,
+    pub machine: Machine,
+    pub params: Params,
+    pub servers: BTreeMap<&'static str, Servers>,
+    /// Medians over the rounds (connect: its single run).
+    pub results: Results,
+    /// Every run of the traffic scenarios, by `scenario/target`.
+    pub runs: BTreeMap<String, Vec<serde_json::Value>>,
+}
+
+fn common(target: Target, url: &str, servers: &Servers, app: &str) -> Common {
+    Common {
+        target,
+        urls: vec![url.to_owned()],
+        server_pids: servers.front.clone(),
+        stack_pids: servers.back.clone(),
+        app: app.to_owned(),
+        json: None,
+    }
+}
+
+fn cmd_output(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+pub async fn main(args: Args) -> anyhow::Result<()> {
+    let mut targets: Vec<(Target, String, Servers)> = Vec::new();
+    let mut add = |t, url: &Option<String>, front: &[u32], back: &[u32]| {
+        if let Some(u) = url {
+            targets.push((
+                t,
+                u.clone(),
+                Servers {
+                    front: front.to_vec(),
+                    back: back.to_vec(),
+                },
+            ));
+        }
+    };
+    add(
+        Target::Switchboard,
+        &args.sb_url,
+        &args.sb_front,
+        &args.sb_back,
+    );
+    add(Target::B1, &args.b1_url, &args.b1_front, &[]);
+    add(Target::B2, &args.b2_url, &args.b2_front, &args.b2_back);
+    add(
+        Target::Socketio,
+        &args.sio_url,
+        &args.sio_front,
+        &args.sio_back,
+    );
+    anyhow::ensure!(!targets.is_empty(), "no target URL given");
+    // Check every URL before spending minutes on a run.
+    for (_, url, _) in &targets {
+        crate::net::WsUrl::parse(url)?;
+    }
+    for u in &args.sb_connect_urls {
+        crate::net::WsUrl::parse(u)?;
+    }
+
+    let wants = |s: &str| args.scenarios.iter().any(|x| x == s);
+    let mut res = Results::default();
+    let mut servers = BTreeMap::new();
+    for (t, _, s) in &targets {
+        servers.insert(t.name(), s.clone());
+    }
+
+    if wants("connect") {
+        for (t, url, s) in &targets {
+            let mut c = common(*t, url, s, &args.app);
+            let mut n = args.peer_connections.min(args.connections);
+            if *t == Target::Switchboard {
+                n = args.connections;
+                if !args.sb_connect_urls.is_empty() {
+                    c.urls = args.sb_connect_urls.clone();
+                    c.server_pids = if args.sb_connect_front.is_empty() {
+                        s.front.clone()
+                    } else {
+                        args.sb_connect_front.clone()
+                    };
+                }
+            }
+            let a = connect::Args {
+                common: c,
+                connections: n,
+                concurrency: 128,
+                hold_secs: args.hold_secs,
+                procs: 0,
+                per_source_ip: crate::net::PER_SOURCE_IP,
+            };
+            eprintln!("== connect {} ({n})", t.name());
+            let a = &a;
+            match run_with(
+                &a.common,
+                |spec| async move { connect::run(&spec, a).await },
+            )
+            .await
+            {
+                Ok(r) => {
+                    connect::print_summary(&r);
+                    res.connect.insert(t.name(), r);
+                }
+                Err(e) => fail(&mut res, "connect", *t, e),
+            }
+        }
+    }
+
+    // Traffic scenarios: `repeat` rounds, targets interleaved within each
+    // round, so slow drifts in background load hit every target alike; the
+    // report shows per-field medians, the JSON keeps every run.
+    let mut runs: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    let repeat = args.repeat.max(1);
+    if wants("pairs") {
+        for round in 0..repeat {
+            for (t, url, s) in &targets {
+                let a = pairs::Args {
+                    common: common(*t, url, s, &args.app),
+                    pairs: args.pairs,
+                    rate: args.pair_rate,
+                    duration: args.duration,
+                    drain: 2.0,
+                };
+                eprintln!("== pairs {} (round {})", t.name(), round + 1);
+                let a = &a;
+                match run_with(&a.common, |spec| async move { pairs::run(&spec, a).await }).await {
+                    Ok(r) => {
+                        eprintln!(
+                            "   {}/{} delivered, p50 {:.2} p95 {:.2} p99 {:.2} max {:.2} ms, server {:.1} CPU-s/M",
+                            r.delivered,
+                            r.sent,
+                            r.latency.p50_ms,
+                            r.latency.p95_ms,
+                            r.latency.p99_ms,
+                            r.latency.max_ms,
+                            r.stack_cpu_s_per_m.unwrap_or(f64::NAN)
+                        );
+                        record(&mut runs, "pairs", *t, &r);
+                    }
+                    Err(e) => fail(&mut res, "pairs", *t, e),
+                }
+            }
+        }
+        res.pairs = merged(&runs, "pairs");
+        for r in res.pairs.values_mut() {
+            r.floors = pairs::Floors::of(&r.latency, r.delivered_ratio, r.sessions);
+        }
+    }
+
+    if wants("fanout") {
+        for round in 0..repeat {
+            for (t, url, s) in &targets {
+                let a = fanout::Args {
+                    common: common(*t, url, s, &args.app),
+                    members: args.fanout_members,
+                    rate: args.fanout_rate,
+                    duration: args.duration,
+                    drain: 2.0,
+                };
+                eprintln!("== fanout {} (round {})", t.name(), round + 1);
+                let a = &a;
+                match run_with(&a.common, |spec| async move { fanout::run(&spec, a).await }).await {
+                    Ok(r) => {
+                        eprintln!(
+                            "   {}/{} delivered, {:.0}/s, {:.0} per front CPU-s, p50 {:.2} p99 {:.2} ms",
+                            r.delivered,
+                            r.expected,
+                            r.deliveries_per_s,
+                            r.deliveries_per_front_cpu_s.unwrap_or(f64::NAN),
+                            r.latency.p50_ms,
+                            r.latency.p99_ms
+                        );
+                        record(&mut runs, "fanout", *t, &r);
+                    }
+                    Err(e) => fail(&mut res, "fanout", *t, e),
+                }
+            }
+        }
+        res.fanout = merged(&runs, "fanout");
+    }
+
+    let mut open_rate = None;
+    if wants("rtt") {
+        let rtt_args = |c: Common, rate: f64, op: &str| rtt::Args {
+            common: c,
+            connections: args.rtt_connections,
+            window: args.rtt_window,
+            rate,
+            duration: args.duration,
+            op: op.to_owned(),
+            expect_error: "unknown_op".to_owned(),
+        };
+        let sb = targets.iter().find(|(t, ..)| *t == Target::Switchboard);
+        for round in 0..repeat {
+            for (t, url, s) in &targets {
+                let a = rtt_args(common(*t, url, s, &args.app), 0.0, "rooms.echo");
+                eprintln!("== rtt closed {} (round {})", t.name(), round + 1);
+                let a = &a;
+                match run_with(&a.common, |spec| async move { rtt::run(&spec, a).await }).await {
+                    Ok(r) => {
+                        print_rtt(&r);
+                        record(&mut runs, "rtt_closed", *t, &r);
+                    }
+                    Err(e) => fail(&mut res, "rtt_closed", *t, e),
+                }
+            }
+            if let Some((t, url, s)) = sb {
+                let a = rtt_args(common(*t, url, s, &args.app), 0.0, "rooms.info");
+                eprintln!("== rtt closed switchboard rooms.info (round {})", round + 1);
+                let a = &a;
+                match run_with(&a.common, |spec| async move { rtt::run(&spec, a).await }).await {
+                    Ok(r) => {
+                        print_rtt(&r);
+                        record(&mut runs, "rtt_info", *t, &r);
+                    }
+                    Err(e) => fail(&mut res, "rtt_info", *t, e),
+                }
+            }
+        }
+        res.rtt_closed = merged(&runs, "rtt_closed");
+        res.rtt_info = merged::<rtt::Report>(&runs, "rtt_info").remove("switchboard");
+        // The tail-latency comparison runs Switchboard and B2 at the same
+        // offered load: a fraction of B2's closed-loop throughput.
+        let reference = res
+            .rtt_closed
+            .get("b2")
+            .or_else(|| res.rtt_closed.get("switchboard"))
+            .map(|r| r.throughput);
+        if let Some(reference) = reference.filter(|r| *r > 0.0) {
+            let rate = (reference * args.rtt_open_fraction).round().max(1.0);
+            open_rate = Some(rate);
+            for round in 0..repeat {
+                for (t, url, s) in &targets {
+                    if !matches!(t, Target::Switchboard | Target::B2) {
+                        continue;
+                    }
+                    let a = rtt_args(common(*t, url, s, &args.app), rate, "rooms.echo");
+                    eprintln!("== rtt open {} at {rate}/s (round {})", t.name(), round + 1);
+                    let a = &a;
+                    match run_with(&a.common, |spec| async move { rtt::run(&spec, a).await }).await
+                    {
+                        Ok(r) => {
+                            print_rtt(&r);
+                            record(&mut runs, "rtt_open", *t, &r);
+                        }
+                        Err(e) => fail(&mut res, "rtt_open", *t, e),
+                    }
+                }
+            }
+            res.rtt_open = merged(&runs, "rtt_open");
+        }
+    }
+
+    let suite = Suite {
+        name: args
+            .out
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        date: cmd_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        commit: cmd_output("git", &["rev-parse", "--short", "HEAD"]),
+        note: args.note.clone(),
+        machine: Machine::detect(),
+        params: Params {
+            connections: args.connections,
+            peer_connections: args.peer_connections.min(args.connections),
+            hold_secs: args.hold_secs,
+            pairs: args.pairs,
+            pair_rate: args.pair_rate,
+            fanout_members: args.fanout_members,
+            fanout_rate: args.fanout_rate,
+            rtt_connections: args.rtt_connections,
+            rtt_window: args.rtt_window,
+            rtt_open_rate: open_rate,
+            duration: args.duration,
+            repeat,
+            sb_gateways_for_connect: args.sb_connect_urls.len().max(1),
+        },
+        servers,
+        results: res,
+        runs,
+    };
+    let md = report::markdown(&suite);
+    println!("{}", report::table(&suite));
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let json_path = args.out.with_extension("json");
+    let md_path = args.out.with_extension("md");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&suite)? + "\n")?;
+    std::fs::write(&md_path, md)?;
+    eprintln!("wrote {} and {}", md_path.display(), json_path.display());
+    Ok(())
+}
+
+fn record<T: Serialize>(
+    runs: &mut BTreeMap<String, Vec<serde_json::Value>>,
+    scenario: &str,
+    t: Target,
+    r: &T,
+) {
+    if let Ok(v) = serde_json::to_value(r) {
+        runs.entry(format!("{scenario}/{}", t.name()))
+            .or_default()
+            .push(v);
+    }
+}
+
+/// Per-target medians of a scenario's runs.
+fn merged<T: serde::de::DeserializeOwned>(
+    runs: &BTreeMap<String, Vec<serde_json::Value>>,
+    scenario: &str,
+) -> BTreeMap<String, T> {
+    let mut out = BTreeMap::new();
+    for (key, values) in runs {
+        let Some((s, target)) = key.split_once('/') else {
+            continue;
+        };
+        if s != scenario || values.is_empty() {
+            continue;
+        }
+        if let Ok(r) = serde_json::from_value(median(values)) {
+            out.insert(target.to_owned(), r);
+        }
+    }
+    out
+}
+
+/// Field-wise (lower) median of JSON documents of the same shape: every
+/// number is an observed value; an object key present in only some runs
+/// (an error count, say) keeps the values of the runs that have it.
+pub fn median(values: &[serde_json::Value]) -> serde_json::Value {
+    use serde_json::Value;
+    let Some(first) = values.first() else {
+        return Value::Null;
+    };
+    match first {
+        Value::Number(_) => {
+            let mut nums: Vec<(f64, &Value)> = values
+                .iter()
+                .filter_map(|v| v.as_f64().map(|f| (f, v)))
+                .collect();
+            nums.sort_by(|a, b| a.0.total_cmp(&b.0));
+            nums.get(nums.len().saturating_sub(1) / 2)
+                .map_or(Value::Null, |(_, v)| (*v).clone())
+        }
+        Value::Object(_) => {
+            let mut keys: Vec<&String> = values
+                .iter()
+                .filter_map(Value::as_object)
+                .flat_map(|o| o.keys())
+                .collect();
+            keys.sort();
+            keys.dedup();
+            let mut out = serde_json::Map::new();
+            for k in keys {
+                let present: Vec<Value> = values.iter().filter_map(|v| v.get(k).cloned()).collect();
+                out.insert(k.clone(), median(&present));
+            }
+            Value::Object(out)
+        }
+        Value::Array(a)
+            if values
+                .iter()
+                .all(|v| v.as_array().is_some_and(|b| b.len() == a.len())) =>
+        {
+            Value::Array(
+                (0..a.len())
+                    .map(|i| {
+                        let col: Vec<Value> = values.iter().map(|v| v[i].clone()).collect();
+                        median(&col)
+                    })
+                    .collect(),
+            )
+        }
+        _ => first.clone(),
+    }
+}
+
+fn print_rtt(r: &rtt::Report) {
+    eprintln!(
+        "   {:.0} req/s, p50 {:.3} p99 {:.3} ms, unexpected {:?}",
+        r.throughput, r.latency.p50_ms, r.latency.p99_ms, r.unexpected_errors
+    );
+}
+
+fn fail(res: &mut Results, scenario: &str, t: Target, e: anyhow::Error) {
+    eprintln!("   FAILED: {e:#}");
+    res.failures
+        .insert(format!("{scenario}/{}", t.name()), format!("{e:#}"));
+}
+
+/// Builds the target's spec and runs one scenario with it.
+async fn run_with<T, F, Fut>(c: &Common, f: F) -> anyhow::Result<T>
+where
+    F: FnOnce(Spec) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let spec = Spec::new(c)?;
+    let r = f(spec).await;
+    // Give the servers a moment to close what the scenario opened.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn medians_are_field_wise_and_keep_rare_keys() {
+        let runs = [
+            json!({"a": 1, "b": {"x": 1.5}, "errors": {}, "l": [1, 9]}),
+            json!({"a": 5, "b": {"x": 0.5}, "errors": {"timeout": 2}, "l": [3, 7]}),
+            json!({"a": 3, "b": {"x": 2.5}, "errors": {}, "l": [2, 8]}),
+        ];
+        let m = super::median(&runs);
+        assert_eq!(m["a"], 3);
+        assert_eq!(m["b"]["x"], 1.5);
+        assert_eq!(m["errors"]["timeout"], 2);
+        assert_eq!(m["l"], json!([2, 8]));
+    }
+}
