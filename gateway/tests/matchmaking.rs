@@ -429,3 +429,120 @@ async fn estimated_wait_follows_the_recent_match_rate() {
     // Two tickets matched, counted over at least 10 s: one per 5 s.
     assert!((1..=5_000).contains(&est), "{t}");
 }
+
+/// Writes `cmds` to Redis with `redis-cli --pipe` (RESP encoded).
+fn redis_pipe(url: &str, cmds: &[Vec<String>]) {
+    use std::io::Write;
+    let mut resp = Vec::new();
+    for c in cmds {
+        write!(resp, "*{}\r\n", c.len()).unwrap();
+        for a in c {
+            write!(resp, "${}\r\n{a}\r\n", a.len()).unwrap();
+        }
+    }
+    let mut child = std::process::Command::new("redis-cli")
+        .args(["-u", url, "--pipe"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&resp).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+fn redis_cli(url: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-u", url])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Seeds `n` tickets straight into Redis, in the layout the service writes
+/// (a benchmark shortcut: 100k WebSockets are the load test's job).
+fn seed(url: &str, n: usize, compatible: bool) {
+    let now = switchboard_shared::now_ms();
+    let tag = "sb:{mm:demo}";
+    let mut cmds = vec![vec!["SADD".into(), "sb:{mm}:tenants".into(), "demo".into()]];
+    for i in 0..n {
+        let id = format!("tseed{i:08}");
+        let user = format!("seed{i}");
+        let required = if compatible {
+            json!([])
+        } else {
+            json!([{"key": "k", "test": {"In": [format!("nobody{i}")]}}])
+        };
+        let t = json!({"id": id, "user": user, "gw": "gw-seed", "conn": i, "at": now - (n - i) as u64,
+            "exp": now + 600_000, "min": 2, "max": 2,
+            "props": {"region": "eu", "k": format!("k{i}")}, "required": required, "optional": []});
+        cmds.push(vec![
+            "ZADD".into(),
+            format!("{tag}:queue"),
+            (now - (n - i) as u64).to_string(),
+            id.clone(),
+        ]);
+        cmds.push(vec![
+            "HSET".into(),
+            format!("{tag}:tickets"),
+            id.clone(),
+            t.to_string(),
+        ]);
+        cmds.push(vec![
+            "HSET".into(),
+            format!("{tag}:owners"),
+            id.clone(),
+            format!("gw-seed|{i}|{user}"),
+        ]);
+        cmds.push(vec![
+            "HSET".into(),
+            format!("{tag}:users"),
+            user,
+            id.clone(),
+        ]);
+        cmds.push(vec![
+            "ZADD".into(),
+            format!("{tag}:expiry"),
+            (now + 600_000).to_string(),
+            id,
+        ]);
+    }
+    redis_pipe(url, &cmds);
+}
+
+#[tokio::test]
+#[ignore = "benchmark: cargo test --release -p switchboard-gateway --test matchmaking -- --ignored --nocapture"]
+async fn bench_matching_with_100k_waiting() {
+    let stack = Stack::start();
+    let cfg = stack.config();
+    let url = stack.redis.url();
+    let _w = Workers::start(cfg.clone(), SERVICES).await;
+    let gw = Gateway::start(cfg.clone()).await;
+
+    // 100k waiting tickets nobody can match; two newcomers who can.
+    seed(&url, 100_000, false);
+    let mut a = connect(&gw, &cfg, "demo", "alice").await;
+    let mut b = connect(&gw, &cfg, "demo", "bob").await;
+    let started = Instant::now();
+    a.ok("matchmaking.join", eu(1)).await;
+    b.ok("matchmaking.join", eu(2)).await;
+    a.event("match_found").await;
+    println!(
+        "newcomer pair matched with 100k waiting in {:?}",
+        started.elapsed()
+    );
+
+    // 100k waiting tickets that all pair up: time to drain the queue.
+    redis_cli(&url, &["FLUSHALL"]);
+    let _w2 = Workers::start(cfg.clone(), &["matchmaking"]).await;
+    seed(&url, 100_000, true);
+    let started = Instant::now();
+    while redis_cli(&url, &["ZCARD", "sb:{mm:demo}:queue"]) != "0" {
+        assert!(started.elapsed() < Duration::from_secs(300));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "100k compatible tickets matched (2 replicas) in {:?}",
+        started.elapsed()
+    );
+}

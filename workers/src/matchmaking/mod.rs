@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use deadpool_redis::redis;
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use switchboard_proto::bus::{
@@ -57,7 +58,7 @@ const EXPIRE_BATCH: u64 = 500;
 const STATUS_PAGE: i64 = 2_000;
 
 /// Room creations in flight at once per pass.
-const ROOM_CONCURRENCY: usize = 32;
+const ROOM_CONCURRENCY: usize = 128;
 
 /// How long to wait for the rooms service.
 const ROOM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -452,6 +453,7 @@ impl Inner {
     async fn pass(&self, tenant: &TenantId) {
         let k = MmKeys::new(tenant);
         let Ok(mut r) = self.conn().await else { return };
+        let started = std::time::Instant::now();
         let now = now_ms();
         let window = self.cfg.max_tickets_per_pass.max(2);
         let loaded: Result<(u64, Vec<String>), _> = scripts::LOAD
@@ -485,7 +487,9 @@ impl Inner {
             .collect();
         tickets.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
         tickets.dedup_by(|a, b| a.id == b.id);
+        let loaded_in = started.elapsed();
         let groups = matcher::propose(&tickets, now, &self.cfg.relax_after_secs);
+        let proposed_in = started.elapsed();
         if groups.is_empty() {
             return;
         }
@@ -520,13 +524,16 @@ impl Inner {
             .filter(|(_, ok)| *ok == 1)
             .map(|(g, _)| g.iter().map(|&i| &tickets[i]).collect())
             .collect();
-        for chunk in won.chunks(ROOM_CONCURRENCY) {
-            let mut batch = Vec::with_capacity(chunk.len());
-            for g in chunk {
-                batch.push(self.complete(tenant, &k, g));
-            }
-            futures::future::join_all(batch).await;
-        }
+        let claimed_in = started.elapsed();
+        let k = &k;
+        futures::stream::iter(won.iter())
+            .for_each_concurrent(ROOM_CONCURRENCY, |g| self.complete(tenant, k, g))
+            .await;
+        tracing::debug!(
+            tenant = %tenant, waiting, loaded = tickets.len(), proposed = groups.len(),
+            matched = won.len(), ?loaded_in, ?proposed_in, ?claimed_in, total = ?started.elapsed(),
+            "matchmaking pass"
+        );
     }
 
     /// Makes the room for a claimed group and tells its members; puts the
