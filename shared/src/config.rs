@@ -447,6 +447,12 @@ impl Config {
                 return invalid(key, "must be greater than 0".into());
             }
         }
+        if self.matchmaking.max_tickets_per_pass == 0 {
+            return invalid("matchmaking.max_tickets_per_pass", "must be greater than 0".into());
+        }
+        if !self.matchmaking.relax_after_secs.windows(2).all(|w| w[0] < w[1]) {
+            return invalid("matchmaking.relax_after_secs", "steps must be strictly ascending".into());
+        }
         for s in &g.services {
             if !crate::subjects::is_op_name(s) {
                 return invalid(
@@ -503,6 +509,11 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("gateway.max_inflight"), "{err}");
+        let err = from_toml("[matchmaking]\nrelax_after_secs = [20, 10]\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("matchmaking.relax_after_secs"), "{err}");
         let err = from_toml("[auth]\nalgorithms = [\"none\"]\n")
             .err()
             .map(|e| e.to_string())
