@@ -15,7 +15,7 @@
 //! connect with the token.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{histogram, now_us};
+use crate::metrics::{Samples, histogram, now_us};
 use crate::net::{self, ConnectError, WsRead, WsUrl, WsWrite, no_obligations};
 use crate::wire::{self, In, SETUP_ID_LIMIT, Target};
 
@@ -37,7 +37,7 @@ use crate::wire::{self, In, SETUP_ID_LIMIT, Target};
 pub async fn connect(
     target: Target,
     url: &WsUrl,
-    src: Ipv4Addr,
+    src: SocketAddrV4,
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<(WsRead, WsWrite), ConnectError> {
@@ -157,9 +157,9 @@ pub struct SetupReply {
 /// What a reader saw.
 pub struct ReadStats {
     /// Delivery latency of room messages (µs).
-    pub messages: Histogram<u64>,
+    pub messages: Samples,
     /// Latency of replies to generated requests (µs).
-    pub replies: Histogram<u64>,
+    pub replies: Samples,
     pub replies_ok: u64,
     /// Error replies by code.
     pub errors: BTreeMap<String, u64>,
@@ -266,8 +266,8 @@ async fn read_loop(
     shared: Arc<Shared>,
 ) -> ReadStats {
     let mut st = ReadStats {
-        messages: histogram(),
-        replies: histogram(),
+        messages: Samples::default(),
+        replies: Samples::default(),
         replies_ok: 0,
         errors: BTreeMap::new(),
         gaps: 0,
@@ -307,8 +307,7 @@ async fn read_loop(
         }
         match wire::classify(opts.target, &frame.payload) {
             In::Message { t_us } => {
-                st.messages
-                    .saturating_record(now_us().saturating_sub(t_us).max(1));
+                st.messages.record(now_us().saturating_sub(t_us));
             }
             In::Reply { id, ok, code } if id < SETUP_ID_LIMIT => {
                 let _ = setup.send(SetupReply {
@@ -317,8 +316,7 @@ async fn read_loop(
                 });
             }
             In::Reply { id, ok, code } => {
-                st.replies
-                    .saturating_record(now_us().saturating_sub(id).max(1));
+                st.replies.record(now_us().saturating_sub(id));
                 let _ = shared
                     .inflight
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
@@ -500,8 +498,8 @@ impl Totals {
 
     pub fn add(&mut self, r: Option<ReadStats>, w: WriteStats) {
         if let Some(r) = r {
-            let _ = self.messages.add(&r.messages);
-            let _ = self.replies.add(&r.replies);
+            r.messages.merge_into(&mut self.messages);
+            r.replies.merge_into(&mut self.replies);
             self.replies_ok += r.replies_ok;
             for (k, v) in r.errors {
                 *self.errors.entry(k).or_default() += v;

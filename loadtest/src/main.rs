@@ -67,6 +67,10 @@ enum Command {
         listen: String,
         #[arg(long, default_value = "nats://127.0.0.1:4222")]
         nats: String,
+        /// Name each reply subject after its request, as Switchboard does
+        /// (an experiment; the baseline uses one reply subject per connection).
+        #[arg(long)]
+        reply_per_request: bool,
     },
     /// B2: the trivial echo worker.
     B2EchoWorker {
@@ -107,9 +111,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Rtt(a) => scenarios::rtt::main(a).await,
         Command::Suite(a) => suite::main(*a).await,
         Command::B1Server { listen } => servers::b1::run(net::loopback_listen(&listen)?).await,
-        Command::B2Relay { listen, nats } => {
+        Command::B2Relay {
+            listen,
+            nats,
+            reply_per_request,
+        } => {
             check_nats_url(&nats)?;
-            servers::b2::relay(net::loopback_listen(&listen)?, &nats).await
+            servers::b2::relay(net::loopback_listen(&listen)?, &nats, reply_per_request).await
         }
         Command::B2EchoWorker { nats } => {
             check_nats_url(&nats)?;

@@ -32,6 +32,40 @@ pub fn histogram() -> Histogram<u64> {
     }
 }
 
+/// Latency samples of one connection. An HDR histogram at this precision
+/// and range is ~200 KiB, too much for each of thousands of connections:
+/// samples are kept raw (4 bytes each) and folded into a histogram only when
+/// a connection records very many.
+#[derive(Debug, Default)]
+pub struct Samples {
+    raw: Vec<u32>,
+    hist: Option<Histogram<u64>>,
+}
+
+impl Samples {
+    const FOLD_AT: usize = 1 << 16;
+
+    pub fn record(&mut self, us: u64) {
+        self.raw.push(us.clamp(1, u64::from(u32::MAX)) as u32);
+        if self.raw.len() >= Self::FOLD_AT {
+            let h = self.hist.get_or_insert_with(histogram);
+            for v in self.raw.drain(..) {
+                h.saturating_record(u64::from(v));
+            }
+        }
+    }
+
+    /// Adds every sample to `into`.
+    pub fn merge_into(&self, into: &mut Histogram<u64>) {
+        if let Some(h) = &self.hist {
+            let _ = into.add(h);
+        }
+        for v in &self.raw {
+            into.saturating_record(u64::from(*v));
+        }
+    }
+}
+
 /// Percentiles of a latency histogram, in milliseconds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Latency {

@@ -78,10 +78,15 @@ pub fn loopback_listen(s: &str) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// Client sockets per source address by default. `bind()` to a fixed address
-/// with port 0 searches that address's ports in the kernel, which gets slow
-/// (hundreds of µs per socket) with thousands bound to one address.
+/// Client sockets per source address by default.
 pub const PER_SOURCE_IP: usize = 500;
+
+/// First source port handed out on each source address. `bind()` with port 0
+/// makes the kernel search for a free port among all bound sockets, which
+/// costs ~1 ms per socket with tens of thousands open; binding an explicit
+/// (address, port) is a single lookup. The ports sit above the default
+/// ephemeral range (32768–60999), so they never meet the kernel's own picks.
+const FIRST_SOURCE_PORT: u16 = 61_000;
 
 /// Source addresses `127.a.b.c` for client sockets, `per_ip` sockets each.
 #[derive(Debug, Clone, Copy)]
@@ -101,7 +106,8 @@ impl Sources {
         Self {
             a,
             b,
-            per_ip: per_ip.max(1),
+            // Keeps the explicit source ports below 65536.
+            per_ip: per_ip.clamp(1, 4000),
         }
     }
 
@@ -114,12 +120,13 @@ impl Sources {
         (nanos / 1000) ^ (u64::from(std::process::id()) << 7)
     }
 
-    /// The source address of connection `i`.
-    pub fn addr(&self, i: usize) -> Ipv4Addr {
+    /// The source address and port of connection `i`.
+    pub fn addr(&self, i: usize) -> SocketAddrV4 {
         let k = i / self.per_ip; // 0..
         let c = (k % 254) as u8 + 1;
         let b = self.b.wrapping_add((k / 254) as u8);
-        Ipv4Addr::new(127, self.a, b, c)
+        let port = FIRST_SOURCE_PORT + (i % self.per_ip) as u16;
+        SocketAddrV4::new(Ipv4Addr::new(127, self.a, b, c), port)
     }
 }
 
@@ -168,7 +175,7 @@ const MAX_HEAD: usize = 8192;
 /// pings themselves) and the selected subprotocol.
 pub async fn open(
     url: &WsUrl,
-    src: Ipv4Addr,
+    src: SocketAddrV4,
     headers: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<(WsRead, WsWrite, Option<String>), ConnectError> {
@@ -180,12 +187,15 @@ pub async fn open(
 
 async fn open_inner(
     url: &WsUrl,
-    src: Ipv4Addr,
+    src: SocketAddrV4,
     headers: &[(&str, &str)],
 ) -> Result<(WsRead, WsWrite, Option<String>), ConnectError> {
     let sock = TcpSocket::new_v4()?;
     sock.set_reuseaddr(true)?;
-    sock.bind(SocketAddr::new(IpAddr::V4(src), 0))?;
+    if sock.bind(SocketAddr::V4(src)).is_err() {
+        // Taken (by a listener on the wildcard address, say): let the kernel pick.
+        sock.bind(SocketAddr::new(IpAddr::V4(*src.ip()), 0))?;
+    }
     let mut stream = sock.connect(SocketAddr::V4(url.addr)).await?;
     stream.set_nodelay(true)?;
 
@@ -294,13 +304,18 @@ mod tests {
     fn sources_stay_in_loopback_and_spread() {
         let s = Sources::new(12345, 2);
         let a = s.addr(0);
-        assert_eq!(a, s.addr(1));
-        assert_ne!(a, s.addr(2));
-        for i in 0..10_000 {
-            let ip = s.addr(i);
-            assert!(ip.is_loopback());
-            assert_ne!(ip.octets()[1], 0);
-            assert_ne!(ip.octets()[3], 0);
+        assert_eq!(a.ip(), s.addr(1).ip());
+        assert_ne!(a.port(), s.addr(1).port());
+        assert_ne!(a.ip(), s.addr(2).ip());
+        let s = Sources::new(99, PER_SOURCE_IP);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..200_000 {
+            let a = s.addr(i);
+            assert!(a.ip().is_loopback());
+            assert_ne!(a.ip().octets()[1], 0);
+            assert_ne!(a.ip().octets()[3], 0);
+            assert!(a.port() >= FIRST_SOURCE_PORT);
+            assert!(seen.insert(a), "{a} twice");
         }
     }
 }

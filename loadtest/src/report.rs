@@ -116,6 +116,8 @@ fn rows(s: &Suite) -> Vec<Row> {
             pick(t, i.latency.p99_ms)
         }));
     }
+    // Scenarios that did not run leave no empty rows.
+    v.retain(|r| r.vals.iter().any(Option::is_some));
     v
 }
 
@@ -401,6 +403,17 @@ pub fn markdown(s: &Suite) -> String {
             format!(" {}", s.note)
         }
     );
+    if !s.dirty.is_empty() {
+        let _ = writeln!(
+            md,
+            "The binaries were built from the working tree, which had uncommitted changes in: {}.\n",
+            s.dirty
+                .iter()
+                .map(|d| format!("`{d}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let _ = writeln!(md, "## Machine\n");
     let _ = writeln!(md, "- CPUs: {} (`nproc`), {}", m.nproc, m.cpu_model);
     let _ = writeln!(md, "- Memory: {} GiB", m.mem_total_gib);
@@ -428,7 +441,7 @@ pub fn markdown(s: &Suite) -> String {
     );
     let _ = writeln!(
         md,
-        "- `rtt`: {} connections, closed loop with {} request(s) outstanding on each (enough to saturate the servers), {} s; then open loop at {} req/s (half of B2's closed-loop throughput) for Switchboard and B2. Switchboard's op is `rooms.echo`, which the rooms worker answers (`unknown_op`) without Redis: the same gateway → NATS → worker → NATS → gateway path as B2. `rooms.info` (two Redis round trips) is reported separately.\n",
+        "- `rtt`: {} connections, closed loop with {} request(s) outstanding on each (enough to saturate the servers), {} s; then open loop at {} req/s (half the smaller of Switchboard's and B2's closed-loop throughputs, so neither is overloaded) for Switchboard and B2. Switchboard's op is `rooms.echo`, which the rooms worker answers (`unknown_op`) without Redis: the same gateway → NATS → worker → NATS → gateway path as B2. `rooms.info` (two Redis round trips) is reported separately.\n",
         p.rtt_connections,
         p.rtt_window,
         p.duration,

@@ -87,7 +87,8 @@ pub struct Args {
     pub rtt_connections: usize,
     #[arg(long, default_value_t = 4)]
     pub rtt_window: usize,
-    /// Open-loop `rtt` rate as a fraction of B2's closed-loop throughput.
+    /// Open-loop `rtt` rate as a fraction of the smaller closed-loop
+    /// throughput of Switchboard and B2.
     #[arg(long, default_value_t = 0.5)]
     pub rtt_open_fraction: f64,
     /// Measuring time of `pairs`, `fanout` and `rtt`, seconds.
@@ -145,6 +146,9 @@ pub struct Suite {
     pub name: String,
     pub date: String,
     pub commit: String,
+    /// Uncommitted changes in the measured crates when the run started (the
+    /// binaries were built from the working tree).
+    pub dirty: Vec<String>,
     pub note: String,
     pub machine: Machine,
     pub params: Params,
@@ -213,6 +217,23 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         crate::net::WsUrl::parse(u)?;
     }
 
+    let dirty: Vec<String> = cmd_output(
+        "git",
+        &[
+            "status",
+            "--porcelain",
+            "--",
+            "gateway",
+            "workers",
+            "shared",
+            "proto",
+            "Cargo.lock",
+        ],
+    )
+    .lines()
+    .map(|l| l.trim().to_owned())
+    .filter(|l| !l.is_empty())
+    .collect();
     let wants = |s: &str| args.scenarios.iter().any(|x| x == s);
     let mut res = Results::default();
     let mut servers = BTreeMap::new();
@@ -374,12 +395,14 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         res.rtt_closed = merged(&runs, "rtt_closed");
         res.rtt_info = merged::<rtt::Report>(&runs, "rtt_info").remove("switchboard");
         // The tail-latency comparison runs Switchboard and B2 at the same
-        // offered load: a fraction of B2's closed-loop throughput.
-        let reference = res
-            .rtt_closed
-            .get("b2")
-            .or_else(|| res.rtt_closed.get("switchboard"))
-            .map(|r| r.throughput);
+        // offered load, a fraction of the smaller of their closed-loop
+        // capacities, so neither is overloaded (an overloaded system's p99
+        // measures its queue, not its path).
+        let reference = ["b2", "switchboard"]
+            .iter()
+            .filter_map(|t| res.rtt_closed.get(*t).map(|r| r.throughput))
+            .filter(|r| *r > 0.0)
+            .reduce(f64::min);
         if let Some(reference) = reference.filter(|r| *r > 0.0) {
             let rate = (reference * args.rtt_open_fraction).round().max(1.0);
             open_rate = Some(rate);
@@ -413,6 +436,7 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
             .unwrap_or_default(),
         date: cmd_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         commit: cmd_output("git", &["rev-parse", "--short", "HEAD"]),
+        dirty,
         note: args.note.clone(),
         machine: Machine::detect(),
         params: Params {

@@ -11,6 +11,10 @@
 //!   what arrives on `b2.room.<room>` (`<origin>\n<x>`) is written as `m:<x>`
 //!   to every local member but the origin.
 //!
+//! With `--reply-per-request` the reply subject also carries a per-request
+//! sequence number (`b2.gw.<relay>.<conn>.<n>`), the way Switchboard names
+//! replies: an experiment showing what unique subjects cost NATS.
+//!
 //! Worker (`b2-echo-worker`, queue group `b2`): answers `b2.echo` with the
 //! request's own payload, and republishes `b2.pub` to `b2.room.<room>`.
 
@@ -54,6 +58,7 @@ struct Relay {
     conns: RwLock<HashMap<u64, Arc<Peer>>>,
     rooms: tokio::sync::Mutex<HashMap<String, Arc<Room>>>,
     next: AtomicU64,
+    reply_per_request: bool,
 }
 
 async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
@@ -63,10 +68,14 @@ async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
     Ok(switchboard_shared::bus::connect(&cfg, name).await?)
 }
 
-pub async fn relay(listen: std::net::SocketAddr, nats_url: &str) -> anyhow::Result<()> {
+pub async fn relay(
+    listen: std::net::SocketAddr,
+    nats_url: &str,
+    reply_per_request: bool,
+) -> anyhow::Result<()> {
     let id = format!("r{}", std::process::id());
     let nats = connect(nats_url, &format!("b2-relay[{id}]")).await?;
-    let replies = nats.subscribe(format!("b2.gw.{id}.*")).await?;
+    let replies = nats.subscribe(format!("b2.gw.{id}.>")).await?;
     nats.flush().await?;
     let relay = Arc::new(Relay {
         id,
@@ -74,6 +83,7 @@ pub async fn relay(listen: std::net::SocketAddr, nats_url: &str) -> anyhow::Resu
         conns: RwLock::new(HashMap::new()),
         rooms: tokio::sync::Mutex::new(HashMap::new()),
         next: AtomicU64::new(1),
+        reply_per_request,
     });
     tokio::spawn(route_replies(relay.clone(), replies));
     let listener = TcpListener::bind(listen).await?;
@@ -84,10 +94,11 @@ pub async fn relay(listen: std::net::SocketAddr, nats_url: &str) -> anyhow::Resu
 
 async fn route_replies(relay: Arc<Relay>, mut sub: async_nats::Subscriber) {
     while let Some(msg) = sub.next().await {
+        // b2.gw.<relay>.<conn>[.<n>]
         let Some(conn) = msg
             .subject
-            .rsplit('.')
-            .next()
+            .split('.')
+            .nth(3)
             .and_then(|c| c.parse::<u64>().ok())
         else {
             continue;
@@ -191,6 +202,7 @@ async fn conn(relay: Arc<Relay>, ws: Ws) {
         }
     };
     let mut joined: Vec<String> = Vec::new();
+    let mut n: u64 = 0;
     loop {
         let frame = match rd.read_frame(&mut send_fn).await {
             Ok(f) => f,
@@ -203,11 +215,19 @@ async fn conn(relay: Arc<Relay>, ws: Ws) {
         }
         let f: &[u8] = &frame.payload;
         let ok = match f {
-            [b'e', b':', ..] => relay
-                .nats
-                .publish_with_reply("b2.echo", reply_to.clone(), Bytes::copy_from_slice(f))
-                .await
-                .is_ok(),
+            [b'e', b':', ..] => {
+                let reply = if relay.reply_per_request {
+                    n += 1;
+                    format!("{reply_to}.{n}")
+                } else {
+                    reply_to.clone()
+                };
+                relay
+                    .nats
+                    .publish_with_reply("b2.echo", reply, Bytes::copy_from_slice(f))
+                    .await
+                    .is_ok()
+            }
             [b'j', b':', room @ ..] if valid_room(room) => {
                 let room = String::from_utf8_lossy(room).into_owned();
                 match join(&relay, &me, &room).await {
