@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::metrics::{Machine, Servers};
+use crate::metrics::{CpuUse, Machine, Servers};
 use crate::report;
 use crate::scenarios::{Common, Spec, connect, fanout, pairs, rtt};
 use crate::wire::Target;
@@ -298,8 +298,8 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
                 };
                 eprintln!("== pairs {} (round {})", t.name(), round + 1);
                 let a = &a;
-                match run_with(&a.common, |spec| async move { pairs::run(&spec, a).await }).await {
-                    Ok(r) => {
+                match run_quiet(&a.common, |spec| async move { pairs::run(&spec, a).await }).await {
+                    Ok((r, quiet)) => {
                         eprintln!(
                             "   {}/{} delivered, p50 {:.2} p95 {:.2} p99 {:.2} max {:.2} ms, server {:.1} CPU-s/M",
                             r.delivered,
@@ -310,13 +310,14 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
                             r.latency.max_ms,
                             r.stack_cpu_s_per_m.unwrap_or(f64::NAN)
                         );
-                        record(&mut runs, "pairs", *t, &r);
+                        record(&mut runs, "pairs", *t, &r, quiet);
                     }
                     Err(e) => fail(&mut res, "pairs", *t, e),
                 }
             }
         }
         res.pairs = merged(&runs, "pairs");
+        worst_delivery(&runs, "pairs", &mut res.pairs, |r| &mut r.delivered_ratio);
         for r in res.pairs.values_mut() {
             r.floors = pairs::Floors::of(&r.latency, r.delivered_ratio, r.sessions);
         }
@@ -334,8 +335,9 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
                 };
                 eprintln!("== fanout {} (round {})", t.name(), round + 1);
                 let a = &a;
-                match run_with(&a.common, |spec| async move { fanout::run(&spec, a).await }).await {
-                    Ok(r) => {
+                match run_quiet(&a.common, |spec| async move { fanout::run(&spec, a).await }).await
+                {
+                    Ok((r, quiet)) => {
                         eprintln!(
                             "   {}/{} delivered, {:.0}/s, {:.0} per front CPU-s, p50 {:.2} p99 {:.2} ms",
                             r.delivered,
@@ -345,13 +347,14 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
                             r.latency.p50_ms,
                             r.latency.p99_ms
                         );
-                        record(&mut runs, "fanout", *t, &r);
+                        record(&mut runs, "fanout", *t, &r, quiet);
                     }
                     Err(e) => fail(&mut res, "fanout", *t, e),
                 }
             }
         }
         res.fanout = merged(&runs, "fanout");
+        worst_delivery(&runs, "fanout", &mut res.fanout, |r| &mut r.delivered_ratio);
     }
 
     let mut open_rate = None;
@@ -371,10 +374,10 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
                 let a = rtt_args(common(*t, url, s, &args.app), 0.0, "rooms.echo");
                 eprintln!("== rtt closed {} (round {})", t.name(), round + 1);
                 let a = &a;
-                match run_with(&a.common, |spec| async move { rtt::run(&spec, a).await }).await {
-                    Ok(r) => {
+                match run_quiet(&a.common, |spec| async move { rtt::run(&spec, a).await }).await {
+                    Ok((r, quiet)) => {
                         print_rtt(&r);
-                        record(&mut runs, "rtt_closed", *t, &r);
+                        record(&mut runs, "rtt_closed", *t, &r, quiet);
                     }
                     Err(e) => fail(&mut res, "rtt_closed", *t, e),
                 }
@@ -383,10 +386,10 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
                 let a = rtt_args(common(*t, url, s, &args.app), 0.0, "rooms.info");
                 eprintln!("== rtt closed switchboard rooms.info (round {})", round + 1);
                 let a = &a;
-                match run_with(&a.common, |spec| async move { rtt::run(&spec, a).await }).await {
-                    Ok(r) => {
+                match run_quiet(&a.common, |spec| async move { rtt::run(&spec, a).await }).await {
+                    Ok((r, quiet)) => {
                         print_rtt(&r);
-                        record(&mut runs, "rtt_info", *t, &r);
+                        record(&mut runs, "rtt_info", *t, &r, quiet);
                     }
                     Err(e) => fail(&mut res, "rtt_info", *t, e),
                 }
@@ -414,11 +417,11 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
                     let a = rtt_args(common(*t, url, s, &args.app), rate, "rooms.echo");
                     eprintln!("== rtt open {} at {rate}/s (round {})", t.name(), round + 1);
                     let a = &a;
-                    match run_with(&a.common, |spec| async move { rtt::run(&spec, a).await }).await
+                    match run_quiet(&a.common, |spec| async move { rtt::run(&spec, a).await }).await
                     {
-                        Ok(r) => {
+                        Ok((r, quiet)) => {
                             print_rtt(&r);
-                            record(&mut runs, "rtt_open", *t, &r);
+                            record(&mut runs, "rtt_open", *t, &r, quiet);
                         }
                         Err(e) => fail(&mut res, "rtt_open", *t, e),
                     }
@@ -476,11 +479,36 @@ fn record<T: Serialize>(
     scenario: &str,
     t: Target,
     r: &T,
+    quiet: Quiet,
 ) {
-    if let Ok(v) = serde_json::to_value(r) {
+    if let Ok(mut v) = serde_json::to_value(r) {
+        if let Some(o) = v.as_object_mut() {
+            o.insert("noise_pct".into(), quiet.noise_pct.into());
+            o.insert("attempts".into(), quiet.attempts.into());
+        }
         runs.entry(format!("{scenario}/{}", t.name()))
             .or_default()
             .push(v);
+    }
+}
+
+/// Delivery ratios are floors: report the worst round, not the median.
+fn worst_delivery<T>(
+    runs: &BTreeMap<String, Vec<serde_json::Value>>,
+    scenario: &str,
+    merged: &mut BTreeMap<String, T>,
+    field: impl Fn(&mut T) -> &mut Option<f64>,
+) {
+    for (target, r) in merged.iter_mut() {
+        let worst = runs
+            .get(&format!("{scenario}/{target}"))
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["delivered_ratio"].as_f64())
+            .reduce(f64::min);
+        if worst.is_some() {
+            *field(r) = worst;
+        }
     }
 }
 
@@ -566,6 +594,91 @@ fn fail(res: &mut Results, scenario: &str, t: Target, e: anyhow::Error) {
     eprintln!("   FAILED: {e:#}");
     res.failures
         .insert(format!("{scenario}/{}", t.name()), format!("{e:#}"));
+}
+
+/// A measuring window in which other processes and the hypervisor together
+/// took more than this share of the machine is run again.
+pub const NOISE_LIMIT_PCT: f64 = 30.0;
+/// Extra attempts for a noisy window; the quietest attempt is kept.
+pub const NOISY_RETRIES: usize = 2;
+
+/// How quiet the kept attempt of a window was.
+#[derive(Debug, Clone, Copy)]
+struct Quiet {
+    noise_pct: f64,
+    attempts: usize,
+}
+
+/// Reports that carry the CPU accounting of their measuring window.
+trait Windowed {
+    fn cpu(&self) -> &CpuUse;
+}
+
+impl Windowed for pairs::Report {
+    fn cpu(&self) -> &CpuUse {
+        &self.cpu
+    }
+}
+
+impl Windowed for fanout::Report {
+    fn cpu(&self) -> &CpuUse {
+        &self.cpu
+    }
+}
+
+impl Windowed for rtt::Report {
+    fn cpu(&self) -> &CpuUse {
+        &self.cpu
+    }
+}
+
+/// Share of the machine (percent) used outside the measured system during
+/// a window: other processes plus hypervisor steal.
+pub fn noise_pct(c: &CpuUse) -> f64 {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    if c.wall_s <= 0.0 {
+        return 0.0;
+    }
+    100.0 * (c.foreign_s + c.steal_s) / (c.wall_s * cpus)
+}
+
+/// Runs a scenario; a noisy window is run again (at most [`NOISY_RETRIES`]
+/// times) and the quietest attempt kept.
+async fn run_quiet<T, F, Fut>(c: &Common, f: F) -> anyhow::Result<(T, Quiet)>
+where
+    T: Windowed,
+    F: Fn(Spec) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut best: Option<(f64, T)> = None;
+    let mut attempts = 0;
+    while attempts <= NOISY_RETRIES {
+        attempts += 1;
+        let r = run_with(c, &f).await?;
+        let noise = noise_pct(r.cpu());
+        let quieter = best.as_ref().is_none_or(|(n, _)| noise < *n);
+        if quieter {
+            best = Some((noise, r));
+        }
+        if noise <= NOISE_LIMIT_PCT {
+            break;
+        }
+        if attempts <= NOISY_RETRIES {
+            eprintln!(
+                "   noisy window: {noise:.0} % of the machine went to other processes or the hypervisor; running it again"
+            );
+        }
+    }
+    let (noise_pct, r) = best.ok_or_else(|| anyhow::anyhow!("no attempt ran"))?;
+    Ok((
+        r,
+        Quiet {
+            noise_pct,
+            attempts,
+        },
+    ))
 }
 
 /// Builds the target's spec and runs one scenario with it.
