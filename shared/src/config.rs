@@ -448,10 +448,21 @@ impl Config {
             }
         }
         if self.matchmaking.max_tickets_per_pass == 0 {
-            return invalid("matchmaking.max_tickets_per_pass", "must be greater than 0".into());
+            return invalid(
+                "matchmaking.max_tickets_per_pass",
+                "must be greater than 0".into(),
+            );
         }
-        if !self.matchmaking.relax_after_secs.windows(2).all(|w| w[0] < w[1]) {
-            return invalid("matchmaking.relax_after_secs", "steps must be strictly ascending".into());
+        if !self
+            .matchmaking
+            .relax_after_secs
+            .windows(2)
+            .all(|w| w[0] < w[1])
+        {
+            return invalid(
+                "matchmaking.relax_after_secs",
+                "steps must be strictly ascending".into(),
+            );
         }
         for s in &g.services {
             if !crate::subjects::is_op_name(s) {

@@ -79,7 +79,12 @@ pub async fn start(
     .await?;
     let pool = redis::connect(&cfg.redis).await?;
     let cfg = Arc::new(cfg);
-    let mut tasks = Vec::new();
+    let mut l = Launcher {
+        nats: nats.clone(),
+        concurrency: cfg.workers.concurrency,
+        shutdown: shutdown.clone(),
+        tasks: Vec::new(),
+    };
     for s in services {
         match s.as_str() {
             "rooms" => {
@@ -88,23 +93,10 @@ pub async fn start(
                     pool.clone(),
                     cfg.rooms.clone(),
                 ));
-                let sweeper = svc.clone();
-                tasks.push(every(
-                    Duration::from_millis(500),
-                    shutdown.clone(),
-                    move || {
-                        let svc = sweeper.clone();
-                        async move { svc.expire_typing().await }
-                    },
-                ));
-                let subs = service::subscribe(&nats, "rooms").await?;
-                tasks.push(tokio::spawn(service::serve(
-                    svc,
-                    subs,
-                    nats.clone(),
-                    cfg.workers.concurrency,
-                    shutdown.clone(),
-                )));
+                l.housekeeping(&svc, Duration::from_millis(500), |s| async move {
+                    s.expire_typing().await
+                });
+                l.serve(svc).await?;
             }
             "presence" => {
                 let svc = Arc::new(presence::Presence::new(
@@ -112,25 +104,14 @@ pub async fn start(
                     pool.clone(),
                     cfg.presence.clone(),
                 ));
-                let reaper = svc.clone();
-                tasks.push(every(
+                l.housekeeping(
+                    &svc,
                     Duration::from_millis(cfg.presence.reap_interval_ms),
-                    shutdown.clone(),
-                    move || {
-                        let svc = reaper.clone();
-                        async move {
-                            svc.reap_dead_gateways().await;
-                        }
+                    |s| async move {
+                        s.reap_dead_gateways().await;
                     },
-                ));
-                let subs = service::subscribe(&nats, "presence").await?;
-                tasks.push(tokio::spawn(service::serve(
-                    svc,
-                    subs,
-                    nats.clone(),
-                    cfg.workers.concurrency,
-                    shutdown.clone(),
-                )));
+                );
+                l.serve(svc).await?;
             }
             "notifications" => {
                 let svc = Arc::new(notifications::Notifications::new(
@@ -141,20 +122,12 @@ pub async fn start(
                 let api = nats
                     .queue_subscribe(notifications::SEND_SUBJECT, "notifications".to_owned())
                     .await?;
-                let api_svc = svc.clone();
-                let api_shutdown = shutdown.clone();
-                tasks.push(tokio::spawn(async move {
+                let (api_svc, api_shutdown) = (svc.clone(), shutdown.clone());
+                l.tasks.push(tokio::spawn(async move {
                     notifications::serve_api(api_svc, api, api_shutdown).await;
                     Ok(())
                 }));
-                let subs = service::subscribe(&nats, "notifications").await?;
-                tasks.push(tokio::spawn(service::serve(
-                    svc,
-                    subs,
-                    nats.clone(),
-                    cfg.workers.concurrency,
-                    shutdown.clone(),
-                )));
+                l.serve(svc).await?;
             }
             "signaling" => {
                 let svc = Arc::new(signaling::Signaling::new(
@@ -162,23 +135,10 @@ pub async fn start(
                     pool.clone(),
                     cfg.signaling.clone(),
                 ));
-                let sweeper = svc.clone();
-                tasks.push(every(
-                    Duration::from_millis(250),
-                    shutdown.clone(),
-                    move || {
-                        let svc = sweeper.clone();
-                        async move { svc.sweep().await }
-                    },
-                ));
-                let subs = service::subscribe(&nats, "signaling").await?;
-                tasks.push(tokio::spawn(service::serve(
-                    svc,
-                    subs,
-                    nats.clone(),
-                    cfg.workers.concurrency,
-                    shutdown.clone(),
-                )));
+                l.housekeeping(&svc, Duration::from_millis(250), |s| async move {
+                    s.sweep().await
+                });
+                l.serve(svc).await?;
             }
             "matchmaking" => {
                 let svc = Arc::new(matchmaking::Matchmaking::new(
@@ -186,51 +146,66 @@ pub async fn start(
                     pool.clone(),
                     cfg.matchmaking.clone(),
                 ));
-                let ticker = svc.clone();
-                tasks.push(every(
+                l.housekeeping(
+                    &svc,
                     Duration::from_millis(cfg.matchmaking.tick_ms),
-                    shutdown.clone(),
-                    move || {
-                        let svc = ticker.clone();
-                        async move { svc.tick().await }
-                    },
-                ));
-                let subs = service::subscribe(&nats, "matchmaking").await?;
-                tasks.push(tokio::spawn(service::serve(
-                    svc,
-                    subs,
-                    nats.clone(),
-                    cfg.workers.concurrency,
-                    shutdown.clone(),
-                )));
+                    |s| async move { s.tick().await },
+                );
+                l.serve(svc).await?;
             }
             other => return Err(WorkerError::UnknownService(other.to_owned())),
         }
     }
+    let tasks = l.tasks;
     bus::sync(&nats).await?;
     Ok(Running { nats, tasks })
 }
 
-/// Runs `tick` every `period` until shutdown: the services' housekeeping.
-fn every<F, Fut>(
-    period: Duration,
+type Task = tokio::task::JoinHandle<Result<(), WorkerError>>;
+
+/// Starts services and their housekeeping, collecting the tasks.
+struct Launcher {
+    nats: async_nats::Client,
+    concurrency: usize,
     shutdown: Shutdown,
-    mut tick: F,
-) -> tokio::task::JoinHandle<Result<(), WorkerError>>
-where
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(period);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = interval.tick() => tick().await,
+    tasks: Vec<Task>,
+}
+
+impl Launcher {
+    /// Subscribes the service's queue group and serves it.
+    async fn serve<S: service::Service>(&mut self, svc: Arc<S>) -> Result<(), WorkerError> {
+        let subs = service::subscribe(&self.nats, svc.name()).await?;
+        self.tasks.push(tokio::spawn(service::serve(
+            svc,
+            subs,
+            self.nats.clone(),
+            self.concurrency,
+            self.shutdown.clone(),
+        )));
+        Ok(())
+    }
+
+    /// Runs `tick` on the service every `period` until shutdown (sweepers,
+    /// reapers, matching passes).
+    fn housekeeping<S, F, Fut>(&mut self, svc: &Arc<S>, period: Duration, tick: F)
+    where
+        S: Send + Sync + 'static,
+        F: Fn(Arc<S>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let svc = svc.clone();
+        let shutdown = self.shutdown.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = interval.tick() => tick(svc.clone()).await,
+                }
             }
-        }
-    })
+        }));
+    }
 }
 
 /// Runs the named services until `shutdown` fires, then drains in-flight

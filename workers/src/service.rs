@@ -8,9 +8,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 use switchboard_proto::bus::{
-    ConnEvent, Error as BusErrorMsg, Interest, ReplayBatch, ReplayRequest, Reply, Request,
+    ConnEvent, ConnRef, Error as BusErrorMsg, Interest, ReplayBatch, ReplayRequest, Reply, Request,
+    conn_event,
 };
 use switchboard_shared::error::{ClientError, ErrorCode};
+use switchboard_shared::ids::{GatewayId, TenantId, UserId};
+use switchboard_shared::keys;
 use switchboard_shared::{Shutdown, bus, subjects};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -62,6 +65,61 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// Who is asking, from the envelope the gateway built (tenant and user come
+/// from the verified token, never from client data).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub tenant: TenantId,
+    pub user: UserId,
+    pub gw: GatewayId,
+    pub conn: u64,
+    /// Room grants from the token.
+    pub grants: Vec<String>,
+}
+
+impl Caller {
+    pub fn from_request(req: &Request) -> Result<Self, ClientError> {
+        let bad = |what: &str| {
+            ClientError::new(ErrorCode::Internal, format!("malformed envelope: {what}"))
+        };
+        let conn = req.conn.as_ref().ok_or_else(|| bad("conn"))?;
+        Ok(Self {
+            tenant: TenantId::parse(&req.tenant).map_err(|_| bad("tenant"))?,
+            user: UserId::parse(&req.user).map_err(|_| bad("user"))?,
+            gw: GatewayId::parse(&conn.gateway).map_err(|_| bad("gateway"))?,
+            conn: conn.conn,
+            grants: req.grants.clone(),
+        })
+    }
+
+    /// `<gateway>:<conn>`, the connection's name in Redis.
+    pub fn member(&self) -> String {
+        keys::conn_member(&self.gw, self.conn)
+    }
+
+    pub fn origin(&self) -> ConnRef {
+        ConnRef {
+            gateway: self.gw.to_string(),
+            conn: self.conn,
+        }
+    }
+}
+
+/// A connection event's fields, validated: `(kind, gateway, conn, tenant,
+/// user)`. Heartbeats carry no tenant or user and come back as `None`.
+pub fn conn_event_parts(
+    ev: &ConnEvent,
+) -> Option<(conn_event::Kind, GatewayId, u64, TenantId, UserId)> {
+    let conn = ev.conn.as_ref()?;
+    Some((
+        ev.kind(),
+        GatewayId::parse(&conn.gateway).ok()?,
+        conn.conn,
+        TenantId::parse(&ev.tenant).ok()?,
+        UserId::parse(&ev.user).ok()?,
+    ))
 }
 
 /// Parses a request's JSON payload into `T`, with a client-facing error.

@@ -41,7 +41,7 @@ use switchboard_shared::ids::{GatewayId, TenantId, UserId};
 use switchboard_shared::redis::Pool;
 use switchboard_shared::{bus, now_ms, subjects};
 
-use crate::service::{Outcome, Service, parse};
+use crate::service::{Caller, Outcome, Service, conn_event_parts, parse};
 use ticket::{JoinReq, Ticket};
 
 /// Set of app ids with (possibly) waiting tickets: where passes look.
@@ -153,31 +153,9 @@ struct Inner {
     last_status_ms: AtomicU64,
 }
 
-/// Who is asking, from the envelope.
-struct Caller {
-    tenant: TenantId,
-    user: UserId,
-    gw: GatewayId,
-    conn: u64,
-}
-
-impl Caller {
-    fn from_request(req: &Request) -> Result<Self, ClientError> {
-        let bad = |what: &str| {
-            ClientError::new(ErrorCode::Internal, format!("malformed envelope: {what}"))
-        };
-        let conn = req.conn.as_ref().ok_or_else(|| bad("conn"))?;
-        Ok(Self {
-            tenant: TenantId::parse(&req.tenant).map_err(|_| bad("tenant"))?,
-            user: UserId::parse(&req.user).map_err(|_| bad("user"))?,
-            gw: GatewayId::parse(&conn.gateway).map_err(|_| bad("gateway"))?,
-            conn: conn.conn,
-        })
-    }
-
-    fn owner(&self) -> String {
-        owner(self.gw.as_str(), self.conn, self.user.as_str())
-    }
+/// `gw|conn|user`: the connection that owns a ticket.
+fn caller_owner(c: &Caller) -> String {
+    owner(c.gw.as_str(), c.conn, c.user.as_str())
 }
 
 fn owner(gw: &str, conn: u64, user: &str) -> String {
@@ -342,7 +320,7 @@ impl Inner {
             .key(k.gone(&t.gw, t.conn))
             .arg(&t.id)
             .arg(&t.user)
-            .arg(c.owner())
+            .arg(caller_owner(c))
             .arg(&stored)
             .arg(t.at)
             .arg(t.exp)
@@ -775,20 +753,11 @@ impl Service for Matchmaking {
     }
 
     async fn on_conn_event(&self, ev: ConnEvent) {
-        if ev.kind() != conn_event::Kind::Disconnected {
-            return;
+        if let Some((conn_event::Kind::Disconnected, gw, conn, tenant, user)) =
+            conn_event_parts(&ev)
+        {
+            self.inner.disconnected(&tenant, &user, &gw, conn).await;
         }
-        let Some(conn) = &ev.conn else { return };
-        let (Ok(gw), Ok(tenant), Ok(user)) = (
-            GatewayId::parse(&conn.gateway),
-            TenantId::parse(&ev.tenant),
-            UserId::parse(&ev.user),
-        ) else {
-            return;
-        };
-        self.inner
-            .disconnected(&tenant, &user, &gw, conn.conn)
-            .await;
     }
 }
 

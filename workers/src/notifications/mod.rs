@@ -32,7 +32,7 @@ use switchboard_shared::keys::{self, RoomKeys, UserKeys};
 use switchboard_shared::redis::Pool;
 use switchboard_shared::{Shutdown, bus, now_ms, subjects};
 
-use crate::service::{Outcome, Service, parse};
+use crate::service::{Caller, Outcome, Service, conn_event_parts, parse};
 
 /// Where trusted backends send notifications (NATS request/reply, JSON).
 pub const SEND_SUBJECT: &str = "sb.api.notifications.send";
@@ -475,27 +475,13 @@ impl Notifications {
     }
 }
 
-struct Caller {
-    tenant: TenantId,
-    user: UserId,
-}
-
-fn caller(req: &Request) -> Result<Caller, ClientError> {
-    let bad =
-        |what: &str| ClientError::new(ErrorCode::Internal, format!("malformed envelope: {what}"));
-    Ok(Caller {
-        tenant: TenantId::parse(&req.tenant).map_err(|_| bad("tenant"))?,
-        user: UserId::parse(&req.user).map_err(|_| bad("user"))?,
-    })
-}
-
 impl Service for Notifications {
     fn name(&self) -> &'static str {
         "notifications"
     }
 
     async fn handle(&self, op: &str, req: Request) -> Result<Outcome, ClientError> {
-        let c = caller(&req)?;
+        let c = Caller::from_request(&req)?;
         match op {
             "list" => self.list(&c, parse(&req)?).await,
             "unread" => {
@@ -522,18 +508,12 @@ impl Service for Notifications {
     }
 
     async fn on_conn_event(&self, ev: ConnEvent) {
-        let Some(conn) = &ev.conn else { return };
-        let Ok(gw) = GatewayId::parse(&conn.gateway) else {
+        let Some((kind, gw, conn, tenant, user)) = conn_event_parts(&ev) else {
             return;
         };
-        let (Ok(tenant), Ok(user)) = (TenantId::parse(&ev.tenant), UserId::parse(&ev.user)) else {
-            return;
-        };
-        match ev.kind() {
-            conn_event::Kind::Connected => self.connected(&gw, conn.conn, &tenant, &user).await,
-            conn_event::Kind::Disconnected => {
-                self.disconnected(&gw, conn.conn, &tenant, &user).await
-            }
+        match kind {
+            conn_event::Kind::Connected => self.connected(&gw, conn, &tenant, &user).await,
+            conn_event::Kind::Disconnected => self.disconnected(&gw, conn, &tenant, &user).await,
             _ => {}
         }
     }

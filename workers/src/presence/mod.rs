@@ -30,7 +30,7 @@ use switchboard_shared::keys::{self, RoomKeys, UserKeys};
 use switchboard_shared::redis::Pool;
 use switchboard_shared::{bus, now_ms, subjects};
 
-use crate::service::{Outcome, Service, parse};
+use crate::service::{Caller, Outcome, Service, conn_event_parts, parse};
 
 /// Statuses a user may choose.
 const STATUSES: [&str; 4] = ["online", "away", "busy", "offline"];
@@ -88,27 +88,6 @@ fn parse_state(v: (i64, String, String, u64, u64, i64)) -> (bool, State) {
             online: online == 1,
         },
     )
-}
-
-struct Caller {
-    tenant: TenantId,
-    user: UserId,
-    grants: Vec<String>,
-    gw: GatewayId,
-    conn: u64,
-}
-
-fn caller(req: &Request) -> Result<Caller, ClientError> {
-    let bad =
-        |what: &str| ClientError::new(ErrorCode::Internal, format!("malformed envelope: {what}"));
-    let conn = req.conn.as_ref().ok_or_else(|| bad("conn"))?;
-    Ok(Caller {
-        tenant: TenantId::parse(&req.tenant).map_err(|_| bad("tenant"))?,
-        user: UserId::parse(&req.user).map_err(|_| bad("user"))?,
-        grants: req.grants.clone(),
-        gw: GatewayId::parse(&conn.gateway).map_err(|_| bad("gateway"))?,
-        conn: conn.conn,
-    })
 }
 
 #[derive(Deserialize)]
@@ -514,7 +493,7 @@ impl Service for Presence {
     }
 
     async fn handle(&self, op: &str, req: Request) -> Result<Outcome, ClientError> {
-        let c = caller(&req)?;
+        let c = Caller::from_request(&req)?;
         match op {
             "set" => self.set(&c, parse(&req)?).await,
             "get" => self.get(&c, parse(&req)?).await,
@@ -549,21 +528,22 @@ impl Service for Presence {
     }
 
     async fn on_conn_event(&self, ev: ConnEvent) {
-        let Some(conn) = &ev.conn else { return };
-        let Ok(gw) = GatewayId::parse(&conn.gateway) else {
-            return;
-        };
         if ev.kind() == conn_event::Kind::Heartbeat {
-            self.heartbeat(&gw).await;
+            if let Some(gw) = ev
+                .conn
+                .as_ref()
+                .and_then(|c| GatewayId::parse(&c.gateway).ok())
+            {
+                self.heartbeat(&gw).await;
+            }
             return;
         }
-        let (Ok(tenant), Ok(user)) = (TenantId::parse(&ev.tenant), UserId::parse(&ev.user)) else {
-            return;
-        };
-        match ev.kind() {
-            conn_event::Kind::Connected => self.connected(&gw, conn.conn, &tenant, &user).await,
-            conn_event::Kind::Disconnected => {
-                self.disconnected(&gw, conn.conn, &tenant, &user).await
+        match conn_event_parts(&ev) {
+            Some((conn_event::Kind::Connected, gw, conn, tenant, user)) => {
+                self.connected(&gw, conn, &tenant, &user).await
+            }
+            Some((conn_event::Kind::Disconnected, gw, conn, tenant, user)) => {
+                self.disconnected(&gw, conn, &tenant, &user).await
             }
             _ => {}
         }

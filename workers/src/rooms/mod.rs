@@ -28,49 +28,13 @@ use switchboard_shared::keys::{self, RoomKeys, UserKeys};
 use switchboard_shared::redis::Pool;
 use switchboard_shared::{bus, now_ms, subjects};
 
-use crate::service::{Outcome, Service, parse};
+use crate::service::{Caller, Outcome, Service, parse};
 
 /// The rooms service.
 pub struct Rooms {
     nats: async_nats::Client,
     pool: Pool,
     cfg: RoomsConfig,
-}
-
-/// Who is asking, from the envelope the gateway built.
-struct Caller {
-    tenant: TenantId,
-    user: UserId,
-    gw: GatewayId,
-    conn: u64,
-    grants: Vec<String>,
-}
-
-impl Caller {
-    fn from_request(req: &Request) -> Result<Self, ClientError> {
-        let bad = |what: &str| {
-            ClientError::new(ErrorCode::Internal, format!("malformed envelope: {what}"))
-        };
-        let conn = req.conn.as_ref().ok_or_else(|| bad("conn"))?;
-        Ok(Self {
-            tenant: TenantId::parse(&req.tenant).map_err(|_| bad("tenant"))?,
-            user: UserId::parse(&req.user).map_err(|_| bad("user"))?,
-            gw: GatewayId::parse(&conn.gateway).map_err(|_| bad("gateway"))?,
-            conn: conn.conn,
-            grants: req.grants.clone(),
-        })
-    }
-
-    fn member(&self) -> String {
-        keys::conn_member(&self.gw, self.conn)
-    }
-
-    fn origin(&self) -> ConnRef {
-        ConnRef {
-            gateway: self.gw.to_string(),
-            conn: self.conn,
-        }
-    }
 }
 
 #[derive(Deserialize)]

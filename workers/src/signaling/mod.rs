@@ -30,7 +30,7 @@ use switchboard_shared::keys::{self, RoomKeys, UserKeys};
 use switchboard_shared::redis::Pool;
 use switchboard_shared::{bus, now_ms, subjects};
 
-use crate::service::{Outcome, Service, parse};
+use crate::service::{Caller, Outcome, Service, conn_event_parts, parse};
 
 /// Calls still ringing, `<tenant>|<call>` by ring deadline (ms).
 const RINGING: &str = "sb:calls:ringing";
@@ -43,31 +43,6 @@ pub struct Signaling {
     nats: async_nats::Client,
     pool: Pool,
     cfg: SignalingConfig,
-}
-
-struct Caller {
-    tenant: TenantId,
-    user: UserId,
-    gw: GatewayId,
-    conn: u64,
-}
-
-impl Caller {
-    fn member(&self) -> String {
-        keys::conn_member(&self.gw, self.conn)
-    }
-}
-
-fn caller(req: &Request) -> Result<Caller, ClientError> {
-    let bad =
-        |what: &str| ClientError::new(ErrorCode::Internal, format!("malformed envelope: {what}"));
-    let conn = req.conn.as_ref().ok_or_else(|| bad("conn"))?;
-    Ok(Caller {
-        tenant: TenantId::parse(&req.tenant).map_err(|_| bad("tenant"))?,
-        user: UserId::parse(&req.user).map_err(|_| bad("user"))?,
-        gw: GatewayId::parse(&conn.gateway).map_err(|_| bad("gateway"))?,
-        conn: conn.conn,
-    })
 }
 
 /// The outcome of a transition script.
@@ -885,7 +860,7 @@ impl Service for Signaling {
     }
 
     async fn handle(&self, op: &str, req: Request) -> Result<Outcome, ClientError> {
-        let c = caller(&req)?;
+        let c = Caller::from_request(&req)?;
         match op {
             "call" => self.call(&c, parse(&req)?).await,
             "accept" => self.accept(&c, parse(&req)?).await,
@@ -921,16 +896,10 @@ impl Service for Signaling {
     }
 
     async fn on_conn_event(&self, ev: ConnEvent) {
-        if ev.kind() != conn_event::Kind::Disconnected {
-            return;
+        if let Some((conn_event::Kind::Disconnected, gw, conn, tenant, _)) = conn_event_parts(&ev) {
+            self.disconnected(&tenant, &keys::conn_member(&gw, conn))
+                .await;
         }
-        let Some(conn) = &ev.conn else { return };
-        let (Ok(gw), Ok(tenant)) = (GatewayId::parse(&conn.gateway), TenantId::parse(&ev.tenant))
-        else {
-            return;
-        };
-        self.disconnected(&tenant, &keys::conn_member(&gw, conn.conn))
-            .await;
     }
 }
 
