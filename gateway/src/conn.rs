@@ -20,7 +20,6 @@ use switchboard_shared::auth::Identity;
 use switchboard_shared::error::ErrorCode;
 use switchboard_shared::{bus, now_ms, subjects};
 use tokio::io::{ReadHalf, WriteHalf};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::State;
@@ -41,7 +40,7 @@ pub async fn serve(state: Arc<State>, mut ws: WebSocket<Io>, identity: Identity)
     // fastwebsockets refuses frames of *at least* this size.
     ws.set_max_message_size(cfg.max_message_bytes.saturating_add(1));
     let id = state.registry.next_id();
-    let (h, rx) = ConnHandle::new(
+    let h = ConnHandle::new(
         id,
         identity.tenant,
         identity.user,
@@ -74,7 +73,7 @@ pub async fn serve(state: Arc<State>, mut ws: WebSocket<Io>, identity: Identity)
 
     let (rd, wr) = ws.split(tokio::io::split);
     let reader = tokio::spawn(read_loop(state.clone(), h.clone(), rd));
-    write_loop(&state, &h, rx, wr).await;
+    write_loop(&state, &h, wr).await;
     reader.abort();
 
     state.registry.remove(id);
@@ -272,12 +271,7 @@ fn traceparent() -> String {
     format!("00-{:032x}-{:016x}-01", trace.max(1), span.max(1))
 }
 
-async fn write_loop(
-    state: &State,
-    h: &ConnHandle,
-    mut rx: mpsc::Receiver<Out>,
-    mut wr: WebSocketWrite<WriteHalf<Io>>,
-) {
+async fn write_loop(state: &State, h: &ConnHandle, mut wr: WebSocketWrite<WriteHalf<Io>>) {
     let cfg = &state.cfg.gateway;
     let write_timeout = Duration::from_millis(cfg.write_timeout_ms.max(1));
     let every = Duration::from_millis(cfg.ping_interval_ms);
@@ -297,10 +291,7 @@ async fn write_loop(
                 h.kill(close(1012, "server restarting"));
                 continue;
             }
-            o = rx.recv() => match o {
-                Some(o) => Step::Send(o),
-                None => return,
-            },
+            o = h.outbox.pop() => Step::Send(o),
             _ = ping.tick() => {
                 let seen = h.last_seen.load(std::sync::atomic::Ordering::Relaxed);
                 if elapsed_ms(state.started).saturating_sub(seen) >= cfg.idle_timeout_ms {

@@ -5,14 +5,14 @@
 //! be queued at once marks the client as a slow reader and disconnects it, so
 //! a client that stops reading can never grow the gateway's memory.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
 use switchboard_shared::ids::{TenantId, UserId};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// A frame or command for a connection's writer.
@@ -26,6 +26,70 @@ pub enum Out {
     CloseEcho(Bytes),
     /// Close with a code and reason; the writer stops after.
     Close(u16, &'static str),
+}
+
+/// The bounded outbound queue of one connection. It allocates nothing while
+/// empty, so an idle connection holds no queue memory, and gives its buffer
+/// back once a burst has drained.
+#[derive(Debug)]
+pub struct Outbox {
+    items: Mutex<VecDeque<Out>>,
+    ready: Notify,
+    cap: usize,
+}
+
+/// The queue already holds `cap` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full;
+
+impl Outbox {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            items: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            cap,
+        }
+    }
+
+    pub fn push(&self, out: Out) -> Result<(), Full> {
+        {
+            let Ok(mut q) = self.items.lock() else {
+                return Err(Full);
+            };
+            if q.len() >= self.cap {
+                return Err(Full);
+            }
+            q.push_back(out);
+        }
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next frame, waiting for one. Cancel-safe: a frame is only taken
+    /// when this returns it.
+    pub async fn pop(&self) -> Out {
+        loop {
+            if let Ok(mut q) = self.items.lock()
+                && let Some(out) = q.pop_front()
+            {
+                if q.is_empty() && q.capacity() > 16 {
+                    *q = VecDeque::new();
+                }
+                return out;
+            }
+            // A push between the check and here leaves a permit behind, so
+            // no wake-up is lost.
+            self.ready.notified().await;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.lock().map(|q| q.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// How and why the gateway ends a connection.
@@ -48,7 +112,7 @@ pub struct ConnHandle {
     pub tenant: TenantId,
     pub user: UserId,
     pub grants: Vec<String>,
-    tx: mpsc::Sender<Out>,
+    pub outbox: Outbox,
     /// Fires when the gateway decides to drop the connection.
     pub cancel: CancellationToken,
     close: Mutex<Option<CloseReason>>,
@@ -72,36 +136,36 @@ impl ConnHandle {
         user: UserId,
         grants: Vec<String>,
         queue: usize,
-    ) -> (Arc<Self>, mpsc::Receiver<Out>) {
-        let (tx, rx) = mpsc::channel(queue);
-        let h = Arc::new(Self {
+    ) -> Arc<Self> {
+        Arc::new(Self {
             id,
             tenant,
             user,
             grants,
-            tx,
+            outbox: Outbox::new(queue),
             cancel: CancellationToken::new(),
             close: Mutex::new(None),
             inflight: Mutex::new(Inflight::default()),
             feeds: Mutex::new(HashSet::new()),
             last_seen: AtomicU64::new(0),
-        });
-        (h, rx)
+        })
     }
 
     /// Queues a frame. A full queue means a slow reader: the connection is
     /// closed with 1008. Returns false when the frame was not queued.
     pub fn send(&self, out: Out) -> bool {
-        match self.tx.try_send(out) {
+        if self.cancel.is_cancelled() {
+            return false;
+        }
+        match self.outbox.push(out) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Full) => {
                 self.kill(CloseReason {
                     code: 1008,
                     reason: "slow consumer: outbound queue full",
                 });
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 
@@ -212,7 +276,7 @@ pub fn elapsed_ms(start: Instant) -> u64 {
 mod tests {
     use super::*;
 
-    fn handle(queue: usize) -> (Arc<ConnHandle>, mpsc::Receiver<Out>) {
+    fn handle(queue: usize) -> Arc<ConnHandle> {
         let t = TenantId::parse("t").unwrap_or_else(|e| panic!("{e}"));
         let u = UserId::parse("u").unwrap_or_else(|e| panic!("{e}"));
         ConnHandle::new(1, t, u, vec![], queue)
@@ -220,7 +284,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_kills_the_connection() {
-        let (h, _rx) = handle(2);
+        let h = handle(2);
         assert!(h.send_text(Bytes::from_static(b"1")));
         assert!(h.send_text(Bytes::from_static(b"2")));
         assert!(!h.cancel.is_cancelled());
@@ -229,9 +293,33 @@ mod tests {
         assert_eq!(h.close_reason().map(|r| r.code), Some(1008));
     }
 
+    #[tokio::test]
+    async fn the_outbox_hands_frames_out_in_order_and_frees_its_buffer() {
+        let h = handle(64);
+        for i in 0..40u8 {
+            assert!(h.send_text(Bytes::from(vec![i])));
+        }
+        for i in 0..40u8 {
+            match h.outbox.pop().await {
+                Out::Text(b) => assert_eq!(b.as_ref(), [i]),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(h.outbox.is_empty());
+        assert_eq!(h.outbox.items.lock().map(|q| q.capacity()).unwrap_or(1), 0);
+        // A frame pushed while the writer waits wakes it.
+        let waiter = {
+            let h = h.clone();
+            tokio::spawn(async move { h.outbox.pop().await })
+        };
+        tokio::task::yield_now().await;
+        h.send_text(Bytes::from_static(b"late"));
+        assert!(matches!(waiter.await, Ok(Out::Text(b)) if b.as_ref() == b"late"));
+    }
+
     #[test]
     fn inflight_is_bounded_and_answered_once() {
-        let (h, _rx) = handle(2);
+        let h = handle(2);
         let a = h.begin_request("\"a\"", 2);
         let b = h.begin_request("\"b\"", 2);
         assert!(a.is_some() && b.is_some() && a != b);
