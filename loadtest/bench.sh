@@ -98,9 +98,15 @@ PIDS=()
 cleanup() {
   local rc=$?
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  sleep 0.5
-  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  # Gateways close every client (1012) before exiting: give them time.
+  for _ in $(seq 1 100); do
+    local alive=0
+    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    (( alive )) || break
+    sleep 0.1
+  done
+  { for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    wait; } 2>/dev/null || true
   if (( rc != 0 )); then
     say "failed (exit $rc); server logs kept in $RUN_DIR"
   else

@@ -56,6 +56,8 @@ enum Command {
     Rtt(scenarios::rtt::Args),
     /// Every scenario against every target; writes the report.
     Suite(Box<suite::Args>),
+    /// Render a suite's Markdown report again from its JSON.
+    Report(suite::RenderArgs),
     /// B1: bare fastwebsockets echo/broadcast server.
     B1Server {
         #[arg(long, default_value = "127.0.0.1:18081")]
@@ -110,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Fanout(a) => scenarios::fanout::main(a).await,
         Command::Rtt(a) => scenarios::rtt::main(a).await,
         Command::Suite(a) => suite::main(*a).await,
+        Command::Report(a) => suite::render(&a),
         Command::B1Server { listen } => servers::b1::run(net::loopback_listen(&listen)?).await,
         Command::B2Relay {
             listen,

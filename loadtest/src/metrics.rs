@@ -153,7 +153,7 @@ pub fn machine_cpu() -> (f64, f64, f64) {
 }
 
 /// The server processes of one target.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Servers {
     pub front: Vec<u32>,
     pub back: Vec<u32>,
@@ -292,7 +292,7 @@ pub fn per_million(cpu_s: f64, count: u64) -> Option<f64> {
 }
 
 /// This machine, for the report header.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     pub nproc: usize,
     pub cpu_model: String,

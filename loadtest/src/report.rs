@@ -308,7 +308,11 @@ pub fn checks(s: &Suite) -> Vec<Check> {
         out.push(Check {
             name,
             measured: x.map_or("not measured".into(), |(a, b, k)| {
-                format!("{a:.1} vs {b:.1} CPU-s per 1M = {k:.2}× less")
+                if k >= 1.0 {
+                    format!("{a:.1} vs {b:.1} CPU-s per 1M: {k:.2}× less")
+                } else {
+                    format!("{a:.1} vs {b:.1} CPU-s per 1M: {:.2}× more", 1.0 / k)
+                }
             }),
             goal: "≥ 10× less".into(),
             met: x.map(|(_, _, k)| k >= 10.0),
@@ -417,7 +421,7 @@ pub fn markdown(s: &Suite) -> String {
     let _ = writeln!(md, "# Switchboard benchmark: {}\n", s.name);
     let _ = writeln!(
         md,
-        "Run {} at commit `{}` with `make bench` (`loadtest/bench.sh`).{}\n",
+        "Run {} at commit `{}` by `loadtest/bench.sh` (`make bench`).{}\n",
         s.date,
         s.commit,
         if s.note.is_empty() {
@@ -447,29 +451,47 @@ pub fn markdown(s: &Suite) -> String {
         "- Everything (servers, NATS, Redis, Node and the load generator) shares these CPUs.\n"
     );
     let _ = writeln!(md, "## Shapes\n");
-    let _ = writeln!(
-        md,
-        "- `connect`: {} connections to Switchboard ({} gateway process(es)), {} to each baseline and the peer; held {} s.",
-        p.connections, p.sb_gateways_for_connect, p.peer_connections, p.hold_secs
-    );
-    let _ = writeln!(
-        md,
-        "- `pairs`: {} couples in two-member rooms, each side sending {} msg/s for {} s.",
-        p.pairs, p.pair_rate, p.duration
-    );
-    let _ = writeln!(
-        md,
-        "- `fanout`: one room, {} members, one publisher at {} msg/s for {} s.",
-        p.fanout_members, p.fanout_rate, p.duration
-    );
-    let _ = writeln!(
-        md,
-        "- `rtt`: {} connections, closed loop with {} request(s) outstanding on each (enough to saturate the servers), {} s; then open loop at {} req/s (half the smaller of Switchboard's and B2's closed-loop throughputs, so neither is overloaded) for Switchboard and B2. Switchboard's op is `rooms.echo`, which the rooms worker answers (`unknown_op`) without Redis: the same gateway → NATS → worker → NATS → gateway path as B2. `rooms.info` (two Redis round trips) is reported separately.\n",
-        p.rtt_connections,
-        p.rtt_window,
-        p.duration,
-        p.rtt_open_rate.map_or("–".into(), |r| format!("{r:.0}"))
-    );
+    let r = &s.results;
+    let traffic = !(r.pairs.is_empty() && r.fanout.is_empty() && r.rtt_closed.is_empty());
+    if traffic {
+        let _ = writeln!(
+            md,
+            "- Rounds of `pairs`, `fanout` and `rtt`: {} (`BENCH_REPEAT`).",
+            p.repeat
+        );
+    }
+    if !r.connect.is_empty() {
+        let _ = writeln!(
+            md,
+            "- `connect`: {} connections to Switchboard ({} gateway process(es)), {} to each baseline and the peer; held {} s.",
+            p.connections, p.sb_gateways_for_connect, p.peer_connections, p.hold_secs
+        );
+    }
+    if !r.pairs.is_empty() {
+        let _ = writeln!(
+            md,
+            "- `pairs`: {} couples in two-member rooms, each side sending {} msg/s for {} s.",
+            p.pairs, p.pair_rate, p.duration
+        );
+    }
+    if !r.fanout.is_empty() {
+        let _ = writeln!(
+            md,
+            "- `fanout`: one room, {} members, one publisher at {} msg/s for {} s.",
+            p.fanout_members, p.fanout_rate, p.duration
+        );
+    }
+    if !r.rtt_closed.is_empty() {
+        let _ = writeln!(
+            md,
+            "- `rtt`: {} connections, closed loop with {} request(s) outstanding on each (enough to saturate the servers), {} s; then open loop at {} req/s (half the smaller of Switchboard's and B2's closed-loop throughputs, so neither is overloaded) for Switchboard and B2. Switchboard's op is `rooms.echo`, which the rooms worker answers (`unknown_op`) without Redis: the same gateway → NATS → worker → NATS → gateway path as B2. `rooms.info` (two Redis round trips) is reported separately.",
+            p.rtt_connections,
+            p.rtt_window,
+            p.duration,
+            p.rtt_open_rate.map_or("–".into(), |r| format!("{r:.0}"))
+        );
+    }
+    let _ = writeln!(md);
     let _ = writeln!(md, "## Results\n");
     if p.repeat > 1 {
         let _ = writeln!(

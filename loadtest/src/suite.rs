@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::metrics::{CpuUse, Machine, Servers};
 use crate::report;
@@ -109,8 +109,28 @@ pub struct Args {
     pub app: String,
 }
 
+/// Arguments of `report`: render the Markdown of an earlier run again.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RenderArgs {
+    /// A suite's JSON file; `<same name>.md` is (re)written next to it.
+    #[arg(long)]
+    pub json: PathBuf,
+}
+
+/// Re-renders `<name>.md` (and prints the table) from `<name>.json`.
+pub fn render(args: &RenderArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.json)?;
+    let suite: Suite = serde_json::from_str(&text)?;
+    let md = report::markdown(&suite);
+    println!("{}", report::table(&suite));
+    let md_path = args.json.with_extension("md");
+    std::fs::write(&md_path, md)?;
+    eprintln!("wrote {}", md_path.display());
+    Ok(())
+}
+
 /// Parameters recorded with the results.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Params {
     pub connections: usize,
     pub peer_connections: usize,
@@ -128,9 +148,9 @@ pub struct Params {
 }
 
 /// Everything a suite run measured.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Results {
-    pub connect: BTreeMap<&'static str, connect::Report>,
+    pub connect: BTreeMap<String, connect::Report>,
     pub pairs: BTreeMap<String, pairs::Report>,
     pub fanout: BTreeMap<String, fanout::Report>,
     pub rtt_closed: BTreeMap<String, rtt::Report>,
@@ -141,7 +161,7 @@ pub struct Results {
     pub failures: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Suite {
     pub name: String,
     pub date: String,
@@ -152,7 +172,7 @@ pub struct Suite {
     pub note: String,
     pub machine: Machine,
     pub params: Params,
-    pub servers: BTreeMap<&'static str, Servers>,
+    pub servers: BTreeMap<String, Servers>,
     /// Medians over the rounds (connect: its single run).
     pub results: Results,
     /// Every run of the traffic scenarios, by `scenario/target`.
@@ -238,7 +258,7 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     let mut res = Results::default();
     let mut servers = BTreeMap::new();
     for (t, _, s) in &targets {
-        servers.insert(t.name(), s.clone());
+        servers.insert(t.name().to_owned(), s.clone());
     }
 
     if wants("connect") {
@@ -274,7 +294,7 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
             {
                 Ok(r) => {
                     connect::print_summary(&r);
-                    res.connect.insert(t.name(), r);
+                    res.connect.insert(t.name().to_owned(), r);
                 }
                 Err(e) => fail(&mut res, "connect", *t, e),
             }
@@ -463,12 +483,16 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     };
     let md = report::markdown(&suite);
     println!("{}", report::table(&suite));
-    if let Some(dir) = args.out.parent() {
+    write(&args.out, &suite, &md)
+}
+
+fn write(out: &std::path::Path, suite: &Suite, md: &str) -> anyhow::Result<()> {
+    if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let json_path = args.out.with_extension("json");
-    let md_path = args.out.with_extension("md");
-    std::fs::write(&json_path, serde_json::to_string_pretty(&suite)? + "\n")?;
+    let json_path = out.with_extension("json");
+    let md_path = out.with_extension("md");
+    std::fs::write(&json_path, serde_json::to_string_pretty(suite)? + "\n")?;
     std::fs::write(&md_path, md)?;
     eprintln!("wrote {} and {}", md_path.display(), json_path.display());
     Ok(())
