@@ -14,7 +14,9 @@
 #   BENCH_RTT_CONNECTIONS=64 BENCH_RTT_WINDOW=4   rtt: closed loop, 256 outstanding
 #   BENCH_REPEAT=1                rounds of pairs/fanout/rtt (figures are medians)
 #   BENCH_DURATION=8              seconds of traffic per pairs/fanout/rtt run
-#   BENCH_SCENARIOS=connect,pairs,fanout,rtt
+#   BENCH_MM_WAITING=100000 BENCH_MM_COMPATIBLE=20000   matchmaking (Switchboard
+#                                 only): tickets waiting; compatible ones matched for tickets/s
+#   BENCH_SCENARIOS=connect,pairs,fanout,rtt,matchmaking
 #   BENCH_TARGETS=switchboard,b1,b2,socketio
 #   BENCH_NAME=<date>-<nproc>core BENCH_OUT_DIR=loadtest/results
 #   BENCH_NOTE="free text recorded in the report"
@@ -39,7 +41,9 @@ RTT_C=${BENCH_RTT_CONNECTIONS:-64}
 RTT_W=${BENCH_RTT_WINDOW:-4}
 REPEAT=${BENCH_REPEAT:-1}
 DURATION=${BENCH_DURATION:-8}
-SCENARIOS=${BENCH_SCENARIOS:-connect,pairs,fanout,rtt}
+MM_WAITING=${BENCH_MM_WAITING:-100000}
+MM_COMPATIBLE=${BENCH_MM_COMPATIBLE:-20000}
+SCENARIOS=${BENCH_SCENARIOS:-connect,pairs,fanout,rtt,matchmaking}
 TARGETS=${BENCH_TARGETS:-switchboard,b1,b2,socketio}
 NAME=${BENCH_NAME:-$(date -u +%Y-%m-%d)-$(nproc)core}
 OUT_DIR=${BENCH_OUT_DIR:-loadtest/results}
@@ -164,7 +168,11 @@ if want switchboard; then
   wait_port "$NATS_PORT" "$NATS_PID" nats-server
   wait_port "$REDIS_PORT" "$REDIS_PID" redis-server
   export SB_NATS__URL="nats://127.0.0.1:$NATS_PORT" SB_REDIS__URL="redis://127.0.0.1:$REDIS_PORT"
-  start workers "$BIN/switchboard-workers" rooms; WORKERS_PID=$LAST_PID
+  # The matchmaking service (which needs rooms for match rooms) only when
+  # its scenario runs, so the other scenarios measure the rooms worker alone.
+  SERVICES=(rooms)
+  [[ ",$SCENARIOS," == *",matchmaking,"* ]] && SERVICES=(matchmaking rooms)
+  start workers "$BIN/switchboard-workers" "${SERVICES[@]}"; WORKERS_PID=$LAST_PID
   GW_URLS=(); GW_PIDS=()
   for g in $(seq 1 "$GATEWAYS"); do
     free_port port
@@ -173,8 +181,9 @@ if want switchboard; then
     wait_ready "$port" "$LAST_PID"
   done
   sleep 0.5
-  kill -0 "$WORKERS_PID" 2>/dev/null || die "rooms worker exited; see $RUN_DIR/workers.log"
+  kill -0 "$WORKERS_PID" 2>/dev/null || die "workers (${SERVICES[*]}) exited; see $RUN_DIR/workers.log"
   SUITE_ARGS+=(--sb-url "${GW_URLS[0]}" --sb-front "${GW_PIDS[0]}"
+               --sb-redis-url "redis://127.0.0.1:$REDIS_PORT"
                --sb-back "$WORKERS_PID,$NATS_PID,$REDIS_PID")
   if (( GATEWAYS > 1 )); then
     SUITE_ARGS+=(--sb-connect-urls "$(IFS=,; echo "${GW_URLS[*]}")"
@@ -220,4 +229,5 @@ say "running the suite (scenarios: $SCENARIOS; targets: $TARGETS)"
   --fanout-members "$FAN_M" --fanout-rate "$FAN_RATE" \
   --rtt-connections "$RTT_C" --rtt-window "$RTT_W" \
   --duration "$DURATION" --repeat "$REPEAT" --scenarios "$SCENARIOS" \
+  --mm-waiting "$MM_WAITING" --mm-compatible "$MM_COMPATIBLE" \
   "${SUITE_ARGS[@]}"

@@ -6,6 +6,7 @@
 //! switchboard-loadtest pairs   --url ... --pairs 250 --rate 4
 //! switchboard-loadtest fanout  --url ... --members 1000 --rate 100
 //! switchboard-loadtest rtt     --url ... --connections 32 [--rate 5000] [--op rooms.info]
+//! switchboard-loadtest matchmaking --url ... --redis-url redis://127.0.0.1:6379 --waiting 100000
 //! switchboard-loadtest b1-server --listen 127.0.0.1:18081
 //! switchboard-loadtest b2-relay  --listen 127.0.0.1:18082 --nats nats://127.0.0.1:14223
 //! switchboard-loadtest b2-echo-worker --nats nats://127.0.0.1:14223
@@ -54,6 +55,8 @@ enum Command {
     Fanout(scenarios::fanout::Args),
     /// Request → reply round trips, closed or open loop.
     Rtt(scenarios::rtt::Args),
+    /// Matching with many tickets waiting (seeded in Redis): newcomer latency, tickets/s.
+    Matchmaking(scenarios::matchmaking::Args),
     /// Every scenario against every target; writes the report.
     Suite(Box<suite::Args>),
     /// Render a suite's Markdown report again from its JSON.
@@ -111,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Pairs(a) => scenarios::pairs::main(a).await,
         Command::Fanout(a) => scenarios::fanout::main(a).await,
         Command::Rtt(a) => scenarios::rtt::main(a).await,
+        Command::Matchmaking(a) => scenarios::matchmaking::main(a).await,
         Command::Suite(a) => suite::main(*a).await,
         Command::Report(a) => suite::render(&a),
         Command::B1Server { listen } => servers::b1::run(net::loopback_listen(&listen)?).await,

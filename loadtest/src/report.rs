@@ -116,6 +116,25 @@ fn rows(s: &Suite) -> Vec<Row> {
             pick(t, i.latency.p99_ms)
         }));
     }
+    if let Some(m) = &r.matchmaking {
+        let pick = |t: &str, x: f64| (t == "switchboard").then_some(x);
+        let w = m.waiting;
+        v.push(row(
+            &format!("matchmaking: tickets/s matched, {w} waiting"),
+            0,
+            |t| pick(t, m.tickets_per_s),
+        ));
+        v.push(row(
+            &format!("matchmaking: newcomer pair p50 ms, {w} waiting"),
+            1,
+            |t| pick(t, m.newcomer_latency.p50_ms),
+        ));
+        v.push(row(
+            &format!("matchmaking: newcomer pair max ms, {w} waiting"),
+            1,
+            |t| pick(t, m.newcomer_latency.max_ms),
+        ));
+    }
     // Scenarios that did not run leave no empty rows.
     v.retain(|r| r.vals.iter().any(Option::is_some));
     v
@@ -491,6 +510,13 @@ pub fn markdown(s: &Suite) -> String {
             p.rtt_open_rate.map_or("–".into(), |r| format!("{r:.0}"))
         );
     }
+    if let Some(m) = &r.matchmaking {
+        let _ = writeln!(
+            md,
+            "- `matchmaking` (Switchboard only): {} tickets nobody can match are seeded straight into Redis in the service's layout; {} compatible pairs then join one after the other over WebSockets (`matchmaking.join` → both `match_found`); then {} compatible tickets are added at once and the queue is polled until they are all matched, each pair into a room made by the rooms service (at most 60 s).",
+            m.waiting, m.newcomer_pairs, m.compatible
+        );
+    }
     let _ = writeln!(md);
     let _ = writeln!(md, "## Results\n");
     if p.repeat > 1 {
@@ -517,6 +543,38 @@ pub fn markdown(s: &Suite) -> String {
         md,
         "\n*Front* is the process holding the sockets (gateway, B1, B2 relay, Node). *Server CPU* is every server-side process of the target: Switchboard = gateway + rooms worker + NATS + Redis; B2 = relay + echo worker + NATS; Socket.IO = Node + Redis. CPU is `utime + stime` from `/proc/<pid>/stat` over the measuring window; RSS is `VmRSS` from `/proc/<pid>/status`.\n"
     );
+    if let Some(m) = &r.matchmaking {
+        let _ = writeln!(md, "## Matchmaking with {} tickets waiting\n", m.waiting);
+        let _ = writeln!(md, "| figure | value |\n|---|---:|");
+        let _ = writeln!(
+            md,
+            "| tickets per second matched with {} waiting | {:.0} |",
+            m.waiting, m.tickets_per_s
+        );
+        let _ = writeln!(
+            md,
+            "| compatible tickets matched | {} of {} in {:.2} s{} |",
+            m.matched,
+            m.compatible,
+            m.drain_s,
+            if m.drained { "" } else { " (time limit)" }
+        );
+        let _ = writeln!(
+            md,
+            "| newcomer pair matched (second join → both `match_found`), p50 / max | {:.1} / {:.1} ms ({} of {} pairs) |",
+            m.newcomer_latency.p50_ms,
+            m.newcomer_latency.max_ms,
+            m.newcomer_matched,
+            m.newcomer_pairs
+        );
+        let _ = writeln!(
+            md,
+            "| server CPU per million tickets matched | {} |",
+            m.stack_cpu_s_per_m
+                .map_or("–".into(), |x| format!("{x:.0} CPU-s"))
+        );
+        let _ = writeln!(md, "| seeding the waiting tickets | {:.2} s |\n", m.seed_s);
+    }
     let _ = writeln!(md, "## Targets (reported, not asserted)\n");
     let _ = writeln!(
         md,

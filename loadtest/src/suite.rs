@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::{CpuUse, Machine, Servers};
 use crate::report;
-use crate::scenarios::{Common, Spec, connect, fanout, pairs, rtt};
+use crate::scenarios::{Common, Spec, connect, fanout, matchmaking, pairs, rtt};
 use crate::wire::Target;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -31,9 +31,12 @@ pub struct Args {
     /// Gateway pid(s).
     #[arg(long, value_delimiter = ',')]
     pub sb_front: Vec<u32>,
-    /// Rooms worker, NATS and Redis pids.
+    /// Rooms (and matchmaking) worker, NATS and Redis pids.
     #[arg(long, value_delimiter = ',')]
     pub sb_back: Vec<u32>,
+    /// Switchboard's Redis (loopback), for `matchmaking`'s seeding.
+    #[arg(long)]
+    pub sb_redis_url: Option<String>,
     /// Gateway URLs for `connect` only (several gateways when one process
     /// cannot hold the requested connections); default: `--sb-url`.
     #[arg(long, value_delimiter = ',')]
@@ -98,11 +101,17 @@ pub struct Args {
     /// per-field medians over the rounds.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
-    /// Scenarios to run (connect, pairs, fanout, rtt).
+    /// `matchmaking`: incompatible tickets waiting in the queue.
+    #[arg(long, default_value_t = 100_000)]
+    pub mm_waiting: usize,
+    /// `matchmaking`: compatible tickets matched for the throughput figure.
+    #[arg(long, default_value_t = 20_000)]
+    pub mm_compatible: usize,
+    /// Scenarios to run (connect, pairs, fanout, rtt, matchmaking).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "connect,pairs,fanout,rtt"
+        default_value = "connect,pairs,fanout,rtt,matchmaking"
     )]
     pub scenarios: Vec<String>,
     #[arg(long, default_value = "demo")]
@@ -157,6 +166,9 @@ pub struct Results {
     pub rtt_open: BTreeMap<String, rtt::Report>,
     /// Switchboard `rooms.info` (a real op with Redis), closed loop.
     pub rtt_info: Option<rtt::Report>,
+    /// Switchboard matchmaking with many tickets waiting.
+    #[serde(default)]
+    pub matchmaking: Option<matchmaking::Report>,
     /// Scenario failures: "scenario/target" → error.
     pub failures: BTreeMap<String, String>,
 }
@@ -448,6 +460,43 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
                 }
             }
             res.rtt_open = merged(&runs, "rtt_open");
+        }
+    }
+
+    if wants("matchmaking") {
+        let sb = targets.iter().find(|(t, ..)| *t == Target::Switchboard);
+        match (sb, &args.sb_redis_url) {
+            (Some((t, url, s)), Some(redis_url)) => {
+                let a = matchmaking::Args {
+                    common: common(*t, url, s, &args.app),
+                    redis_url: redis_url.clone(),
+                    waiting: args.mm_waiting,
+                    compatible: args.mm_compatible,
+                    newcomer_pairs: 5,
+                    max_secs: 60.0,
+                };
+                eprintln!("== matchmaking switchboard ({} waiting)", a.waiting);
+                let a = &a;
+                match run_with(
+                    &a.common,
+                    |spec| async move { matchmaking::run(&spec, a).await },
+                )
+                .await
+                {
+                    Ok(r) => {
+                        matchmaking::print_summary(&r);
+                        res.matchmaking = Some(r);
+                    }
+                    Err(e) => fail(&mut res, "matchmaking", *t, e),
+                }
+            }
+            (Some((t, ..)), None) => fail(
+                &mut res,
+                "matchmaking",
+                *t,
+                anyhow::anyhow!("no --sb-redis-url given"),
+            ),
+            (None, _) => {}
         }
     }
 

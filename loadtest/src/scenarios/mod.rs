@@ -7,6 +7,7 @@
 
 pub mod connect;
 pub mod fanout;
+pub mod matchmaking;
 pub mod pairs;
 pub mod rtt;
 
