@@ -122,6 +122,25 @@ pub fn conn_event_parts(
     ))
 }
 
+/// How long a connection's "gone" marker outlives its disconnect: long enough
+/// for any `CONNECTED` event of that connection still in flight.
+pub const GONE_TTL_SECS: u64 = 600;
+
+/// Adds "this connection is gone" to `pipe`. A `CONNECTED` handled after the
+/// `DISCONNECTED` of the same connection sees it and undoes itself.
+pub fn mark_gone<'a>(
+    pipe: &'a mut deadpool_redis::redis::Pipeline,
+    gw: &GatewayId,
+    conn: u64,
+) -> &'a mut deadpool_redis::redis::Pipeline {
+    pipe.cmd("SET")
+        .arg(keys::conn_gone(gw, conn))
+        .arg(1)
+        .arg("EX")
+        .arg(GONE_TTL_SECS)
+        .ignore()
+}
+
 /// Parses a request's JSON payload into `T`, with a client-facing error.
 /// Absent data (`null`) reads as `{}`, so ops whose fields are all optional
 /// need no `data`.

@@ -32,7 +32,7 @@ use switchboard_shared::keys::{self, RoomKeys, UserKeys};
 use switchboard_shared::redis::Pool;
 use switchboard_shared::{Shutdown, bus, now_ms, subjects};
 
-use crate::service::{Caller, Outcome, Service, conn_event_parts, parse};
+use crate::service::{Caller, Outcome, Service, conn_event_parts, mark_gone, parse};
 
 /// Where trusted backends send notifications (NATS request/reply, JSON).
 pub const SEND_SUBJECT: &str = "sb.api.notifications.send";
@@ -458,13 +458,7 @@ impl Notifications {
 
     async fn disconnected(&self, gw: &GatewayId, conn: u64, tenant: &TenantId, user: &UserId) {
         let Ok(mut r) = self.conn().await else { return };
-        let _: Result<(), _> = redis::pipe()
-            .cmd("SET")
-            .arg(keys::conn_gone(gw, conn))
-            .arg(1)
-            .arg("EX")
-            .arg(600)
-            .ignore()
+        let _: Result<(), _> = mark_gone(&mut redis::pipe(), gw, conn)
             .hdel(
                 UserKeys::new(tenant, user).notif_conns,
                 keys::conn_member(gw, conn),

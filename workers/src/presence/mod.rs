@@ -30,7 +30,7 @@ use switchboard_shared::keys::{self, RoomKeys, UserKeys};
 use switchboard_shared::redis::Pool;
 use switchboard_shared::{bus, now_ms, subjects};
 
-use crate::service::{Caller, Outcome, Service, conn_event_parts, parse};
+use crate::service::{Caller, Outcome, Service, conn_event_parts, mark_gone, parse};
 
 /// Statuses a user may choose.
 const STATUSES: [&str; 4] = ["online", "away", "busy", "offline"];
@@ -379,13 +379,7 @@ impl Presence {
     async fn disconnected(&self, gw: &GatewayId, conn: u64, tenant: &TenantId, user: &UserId) {
         let k = UserKeys::new(tenant, user);
         let Ok(mut r) = self.conn().await else { return };
-        let _: Result<(), _> = redis::pipe()
-            .cmd("SET")
-            .arg(keys::conn_gone(gw, conn))
-            .arg(1)
-            .arg("EX")
-            .arg(600)
-            .ignore()
+        let _: Result<(), _> = mark_gone(&mut redis::pipe(), gw, conn)
             .hdel(keys::gateway_conns(gw), conn)
             .ignore()
             .query_async(&mut r)

@@ -28,7 +28,7 @@ use switchboard_shared::keys::{self, RoomKeys, UserKeys};
 use switchboard_shared::redis::Pool;
 use switchboard_shared::{bus, now_ms, subjects};
 
-use crate::service::{Caller, Outcome, Service, parse};
+use crate::service::{Caller, Outcome, Service, mark_gone, parse};
 
 /// The rooms service.
 pub struct Rooms {
@@ -1010,15 +1010,8 @@ impl Rooms {
 
     async fn disconnected(&self, gw: &GatewayId, conn: u64) {
         let Ok(mut r) = self.conn().await else { return };
-        let gone_key = keys::conn_gone(gw, conn);
         let rooms_key = keys::conn_rooms(gw, conn);
-        let rooms: Result<Vec<String>, _> = redis::pipe()
-            .cmd("SET")
-            .arg(&gone_key)
-            .arg(1)
-            .arg("EX")
-            .arg(600)
-            .ignore()
+        let rooms: Result<Vec<String>, _> = mark_gone(&mut redis::pipe(), gw, conn)
             .smembers(&rooms_key)
             .query_async::<(Vec<String>,)>(&mut r)
             .await

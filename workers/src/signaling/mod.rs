@@ -154,6 +154,25 @@ fn conn_call_key(member: &str) -> String {
     format!("sb:{{conn:{member}}}:call")
 }
 
+/// Marks a user as in call `id` unless they already are in one.
+async fn claim_busy(
+    r: &mut deadpool_redis::Connection,
+    key: &str,
+    id: &str,
+    secs: u64,
+) -> Result<bool, ClientError> {
+    let set: Option<String> = redis::cmd("SET")
+        .arg(key)
+        .arg(id)
+        .arg("NX")
+        .arg("EX")
+        .arg(secs)
+        .query_async(r)
+        .await
+        .map_err(internal)?;
+    Ok(set.is_some())
+}
+
 fn new_call_id() -> String {
     let r: u64 = rand::random();
     format!("c{:013}{r:016x}", now_ms())
@@ -234,32 +253,14 @@ impl Signaling {
         let id = new_call_id();
         let hold_secs = (self.cfg.ring_timeout_ms / 1000 + 24 * 3600).max(1);
         let mut r = self.conn().await?;
-        let me: bool = redis::cmd("SET")
-            .arg(busy_key(&c.tenant, &c.user))
-            .arg(&id)
-            .arg("NX")
-            .arg("EX")
-            .arg(hold_secs)
-            .query_async::<Option<String>>(&mut r)
-            .await
-            .map_err(internal)?
-            .is_some();
+        let me = claim_busy(&mut r, &busy_key(&c.tenant, &c.user), &id, hold_secs).await?;
         if !me {
             return Err(ClientError::new(
                 ErrorCode::Conflict,
                 "you are already in a call",
             ));
         }
-        let them: bool = redis::cmd("SET")
-            .arg(busy_key(&c.tenant, &callee))
-            .arg(&id)
-            .arg("NX")
-            .arg("EX")
-            .arg(hold_secs)
-            .query_async::<Option<String>>(&mut r)
-            .await
-            .map_err(internal)?
-            .is_some();
+        let them = claim_busy(&mut r, &busy_key(&c.tenant, &callee), &id, hold_secs).await?;
         if !them {
             let _: Result<i64, _> = scripts::RELEASE
                 .key(busy_key(&c.tenant, &c.user))
