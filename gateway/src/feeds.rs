@@ -221,7 +221,7 @@ impl Feed {
                         Err(e) => tracing::warn!(subject, error = %e, "malformed push dropped"),
                     }
                 }
-                _ = sleep_until_opt(gap_deadline), if gap_deadline.is_some() => self.recover_gap().await,
+                _ = switchboard_shared::sleep_until_opt(gap_deadline), if gap_deadline.is_some() => self.recover_gap().await,
             }
         }
         let _ = sub.unsubscribe().await;
@@ -511,12 +511,5 @@ impl Feed {
             }
             m.conn.send(Out::Text(held.frame.clone()));
         }
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }

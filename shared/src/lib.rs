@@ -36,6 +36,15 @@ pub async fn termination_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Sleeps until `deadline`, or forever when there is none: a `select!`
+/// branch for an optional timer.
+pub async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Milliseconds since the Unix epoch, from the system clock.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

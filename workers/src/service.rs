@@ -8,8 +8,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 use switchboard_proto::bus::{
-    ConnEvent, ConnRef, Error as BusErrorMsg, Interest, ReplayBatch, ReplayRequest, Reply, Request,
-    conn_event,
+    ConnEvent, ConnRef, Error as BusErrorMsg, Interest, Push, ReplayBatch, ReplayRequest, Reply,
+    Request, conn_event,
 };
 use switchboard_shared::error::{ClientError, ErrorCode};
 use switchboard_shared::ids::{GatewayId, TenantId, UserId};
@@ -58,13 +58,6 @@ pub trait Service: Send + Sync + 'static {
 
     /// Reacts to a connection event (one replica of the service gets each).
     fn on_conn_event(&self, ev: ConnEvent) -> impl Future<Output = ()> + Send;
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Who is asking, from the envelope the gateway built (tenant and user come
@@ -120,6 +113,31 @@ pub fn conn_event_parts(
         TenantId::parse(&ev.tenant).ok()?,
         UserId::parse(&ev.user).ok()?,
     ))
+}
+
+/// `{"event": <event>, "data": <data>}`, the client frame of a push.
+pub fn event_frame(event: &str, data: &serde_json::Value) -> Bytes {
+    Bytes::from(serde_json::json!({"event": event, "data": data}).to_string())
+}
+
+/// Sends a client frame to one connection, on its per-connection subject.
+pub async fn push_to_conn(nats: &async_nats::Client, gw: &GatewayId, conn: u64, frame: Bytes) {
+    let push = Push {
+        frame,
+        ..Push::default()
+    };
+    if let Err(e) = nats
+        .publish(subjects::conn(gw, conn), bus::encode(&push))
+        .await
+    {
+        tracing::warn!(error = %e, "could not push to a connection");
+    }
+}
+
+/// `<gateway>:<conn>` (see [`Caller::member`]) back into its parts.
+pub fn split_member(member: &str) -> Option<(GatewayId, u64)> {
+    let (gw, conn) = member.rsplit_once(':')?;
+    Some((GatewayId::parse(gw).ok()?, conn.parse().ok()?))
 }
 
 /// How long a connection's "gone" marker outlives its disconnect: long enough
@@ -202,7 +220,7 @@ pub async fn serve<S: Service>(
                 }
                 let _ = events.drain().await;
             }
-            _ = sleep_until_opt(drain_deadline), if drain_deadline.is_some() => break,
+            _ = switchboard_shared::sleep_until_opt(drain_deadline), if drain_deadline.is_some() => break,
             msg = requests.next(), if requests_open => {
                 let Some(msg) = msg else { requests_open = false; continue };
                 let Ok(permit) = limit.clone().acquire_owned().await else { break };

@@ -32,7 +32,9 @@ use switchboard_shared::keys::{self, RoomKeys, UserKeys};
 use switchboard_shared::redis::Pool;
 use switchboard_shared::{Shutdown, bus, now_ms, subjects};
 
-use crate::service::{Caller, Outcome, Service, conn_event_parts, mark_gone, parse};
+use crate::service::{
+    Caller, Outcome, Service, conn_event_parts, mark_gone, parse, push_to_conn, split_member,
+};
 
 /// Where trusted backends send notifications (NATS request/reply, JSON).
 pub const SEND_SUBJECT: &str = "sb.api.notifications.send";
@@ -130,18 +132,6 @@ impl Notifications {
         self.pool.get().await.map_err(internal)
     }
 
-    /// Sends to one connection's per-connection subject.
-    async fn push_to_conn(&self, gw: &GatewayId, conn: u64, frame: Bytes) {
-        let push = Push {
-            frame,
-            ..Push::default()
-        };
-        let _ = self
-            .nats
-            .publish(subjects::conn(gw, conn), bus::encode(&push))
-            .await;
-    }
-
     /// Pushes to every connection of a user this service knows of.
     async fn push_to_user(&self, tenant: &TenantId, user: &UserId, frame: Bytes) {
         let conns: Vec<String> = match self.conn().await {
@@ -153,11 +143,8 @@ impl Notifications {
             Err(_) => return,
         };
         for member in conns {
-            let Some((gw, conn)) = member.rsplit_once(':') else {
-                continue;
-            };
-            if let (Ok(gw), Ok(conn)) = (GatewayId::parse(gw), conn.parse()) {
-                self.push_to_conn(&gw, conn, frame.clone()).await;
+            if let Some((gw, conn)) = split_member(&member) {
+                push_to_conn(&self.nats, &gw, conn, frame.clone()).await;
             }
         }
     }
@@ -452,8 +439,7 @@ impl Notifications {
             return;
         };
         let frame = json!({"event": "notifications", "data": {"unread": unread, "items": bodies, "more": more}});
-        self.push_to_conn(gw, conn, Bytes::from(frame.to_string()))
-            .await;
+        push_to_conn(&self.nats, gw, conn, Bytes::from(frame.to_string())).await;
     }
 
     async fn disconnected(&self, gw: &GatewayId, conn: u64, tenant: &TenantId, user: &UserId) {

@@ -30,7 +30,9 @@ use switchboard_shared::keys::{self, RoomKeys, UserKeys};
 use switchboard_shared::redis::Pool;
 use switchboard_shared::{bus, now_ms, subjects};
 
-use crate::service::{Caller, Outcome, Service, conn_event_parts, mark_gone, parse};
+use crate::service::{
+    Caller, Outcome, Service, conn_event_parts, event_frame, mark_gone, parse, push_to_conn,
+};
 
 /// Statuses a user may choose.
 const STATUSES: [&str; 4] = ["online", "away", "busy", "offline"];
@@ -357,15 +359,7 @@ impl Presence {
                     let mut data = st.to_json(user);
                     data["status"] = Value::from(st.status.clone());
                     data["self"] = Value::Bool(true);
-                    let frame = json!({"event": "presence", "data": data});
-                    let push = Push {
-                        frame: bytes::Bytes::from(frame.to_string()),
-                        ..Push::default()
-                    };
-                    let _ = self
-                        .nats
-                        .publish(subjects::conn(gw, conn), bus::encode(&push))
-                        .await;
+                    push_to_conn(&self.nats, gw, conn, event_frame("presence", &data)).await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "presence connect failed"),

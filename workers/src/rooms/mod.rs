@@ -253,13 +253,29 @@ impl Rooms {
                 format!("max_members is at most {cap}"),
             ));
         }
-        let k = RoomKeys::new(&c.tenant, &room);
+        self.create_room(&c.tenant, &room, max, req.private, &c.user)
+            .await?;
+        Ok(Outcome::json(
+            &json!({"room": room.as_str(), "max_members": max, "private": req.private}),
+        ))
+    }
+
+    /// Creates a room (not yet joined; it expires if nobody joins).
+    async fn create_room(
+        &self,
+        tenant: &TenantId,
+        room: &RoomId,
+        max: u32,
+        private: bool,
+        creator: &UserId,
+    ) -> Result<(), ClientError> {
+        let k = RoomKeys::new(tenant, room);
         let mut r = self.conn().await?;
         let created: i64 = scripts::CREATE
             .key(k.all().as_slice())
             .arg(max)
-            .arg(if req.private { "1" } else { "0" })
-            .arg(c.user.as_str())
+            .arg(if private { "1" } else { "0" })
+            .arg(creator.as_str())
             .arg(now_ms())
             .arg(self.cfg.idle_ttl_secs.max(1))
             .invoke_async(&mut r)
@@ -271,9 +287,7 @@ impl Rooms {
                 format!("room {room} exists"),
             ));
         }
-        Ok(Outcome::json(
-            &json!({"room": room.as_str(), "max_members": max, "private": req.private}),
-        ))
+        Ok(())
     }
 
     /// A private room that admits exactly `members` (plus token grants).
@@ -296,24 +310,10 @@ impl Rooms {
             None => RoomId::generate(),
         };
         let max = body.max_members.unwrap_or(members.len() as u32);
+        self.create_room(&tenant, &room, max, true, &members[0])
+            .await?;
         let k = RoomKeys::new(&tenant, &room);
         let mut r = self.conn().await?;
-        let created: i64 = scripts::CREATE
-            .key(k.all().as_slice())
-            .arg(max)
-            .arg("1")
-            .arg(members[0].as_str())
-            .arg(now_ms())
-            .arg(self.cfg.idle_ttl_secs.max(1))
-            .invoke_async(&mut r)
-            .await
-            .map_err(internal)?;
-        if created == 0 {
-            return Err(ClientError::new(
-                ErrorCode::AlreadyExists,
-                format!("room {room} exists"),
-            ));
-        }
         let mut pipe = redis::pipe();
         for u in &members {
             pipe.hset(&k.meta, format!("allow:{u}"), 1).ignore();

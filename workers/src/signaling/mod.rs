@@ -17,20 +17,21 @@
 
 mod scripts;
 
-use bytes::Bytes;
 use deadpool_redis::redis;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use switchboard_proto::bus::{ConnEvent, Push, ReplayBatch, ReplayRequest, Request, conn_event};
+use switchboard_proto::bus::{ConnEvent, ReplayBatch, ReplayRequest, Request, conn_event};
 use switchboard_shared::config::SignalingConfig;
 use switchboard_shared::error::{ClientError, ErrorCode};
-use switchboard_shared::ids::{GatewayId, RoomId, TenantId, UserId};
+use switchboard_shared::ids::{RoomId, TenantId, UserId};
 use switchboard_shared::keys::{self, RoomKeys, UserKeys};
+use switchboard_shared::now_ms;
 use switchboard_shared::redis::Pool;
-use switchboard_shared::{bus, now_ms, subjects};
 
-use crate::service::{Caller, Outcome, Service, conn_event_parts, parse};
+use crate::service::{
+    Caller, Outcome, Service, conn_event_parts, event_frame, parse, push_to_conn, split_member,
+};
 
 /// Calls still ringing, `<tenant>|<call>` by ring deadline (ms).
 const RINGING: &str = "sb:calls:ringing";
@@ -154,6 +155,26 @@ fn conn_call_key(member: &str) -> String {
     format!("sb:{{conn:{member}}}:call")
 }
 
+/// Records that `member` now speaks for its party in call `id` (so its
+/// disconnect is noticed) and takes the call off a deadline set (`RINGING`
+/// on accept, `GRACE` on resume).
+async fn bind_conn(
+    r: &mut deadpool_redis::Connection,
+    deadlines: &str,
+    entry: &str,
+    member: &str,
+    id: &str,
+) -> Result<(), ClientError> {
+    redis::pipe()
+        .zrem(deadlines, entry)
+        .ignore()
+        .set_ex(conn_call_key(member), id, 24 * 3600)
+        .ignore()
+        .query_async(r)
+        .await
+        .map_err(internal)
+}
+
 /// Marks a user as in call `id` unless they already are in one.
 async fn claim_busy(
     r: &mut deadpool_redis::Connection,
@@ -190,12 +211,6 @@ fn check_kind(kind: &str) -> Result<(), ClientError> {
     }
 }
 
-/// `gw:conn` → its parts.
-fn split_member(member: &str) -> Option<(GatewayId, u64)> {
-    let (gw, conn) = member.rsplit_once(':')?;
-    Some((GatewayId::parse(gw).ok()?, conn.parse().ok()?))
-}
-
 impl Signaling {
     pub fn new(nats: async_nats::Client, pool: Pool, cfg: SignalingConfig) -> Self {
         Self { nats, pool, cfg }
@@ -206,18 +221,9 @@ impl Signaling {
     }
 
     async fn push(&self, member: &str, event: &str, data: Value) {
-        let Some((gw, conn)) = split_member(member) else {
-            return;
-        };
-        let frame = json!({"event": event, "data": data});
-        let push = Push {
-            frame: Bytes::from(frame.to_string()),
-            ..Push::default()
-        };
-        let _ = self
-            .nats
-            .publish(subjects::conn(&gw, conn), bus::encode(&push))
-            .await;
+        if let Some((gw, conn)) = split_member(member) {
+            push_to_conn(&self.nats, &gw, conn, event_frame(event, &data)).await;
+        }
     }
 
     /// A user's connected devices, as the presence service knows them.
@@ -339,14 +345,14 @@ impl Signaling {
             .map_err(internal)?
             .into();
         t.check("accept")?;
-        let _: () = redis::pipe()
-            .zrem(RINGING, format!("{}|{id}", c.tenant))
-            .ignore()
-            .set_ex(conn_call_key(&c.member()), &id, 24 * 3600)
-            .ignore()
-            .query_async(&mut r)
-            .await
-            .map_err(internal)?;
+        bind_conn(
+            &mut r,
+            RINGING,
+            &format!("{}|{id}", c.tenant),
+            &c.member(),
+            &id,
+        )
+        .await?;
         drop(r);
         self.push(
             &t.caller_conn,
@@ -542,14 +548,14 @@ impl Signaling {
         } else {
             "callee"
         };
-        let _: () = redis::pipe()
-            .zrem(GRACE, format!("{}|{id}|{role}", c.tenant))
-            .ignore()
-            .set_ex(conn_call_key(&c.member()), &id, 24 * 3600)
-            .ignore()
-            .query_async(&mut r)
-            .await
-            .map_err(internal)?;
+        bind_conn(
+            &mut r,
+            GRACE,
+            &format!("{}|{id}|{role}", c.tenant),
+            &c.member(),
+            &id,
+        )
+        .await?;
         drop(r);
         let other = if role == "caller" {
             &t.callee_conn
