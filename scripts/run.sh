@@ -11,7 +11,7 @@ REDIS_PORT="${REDIS_PORT:-6379}"
 GATEWAY_PORT="${GATEWAY_PORT:-8080}"
 PROFILE="${PROFILE:-debug}"
 RUN_DIR="${RUN_DIR:-.run}"
-BIN="target/$PROFILE"
+BIN="${CARGO_TARGET_DIR:-target}/$PROFILE"
 
 bash scripts/ensure-deps.sh
 if [ "$PROFILE" = release ]; then
