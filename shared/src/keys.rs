@@ -1,7 +1,7 @@
 //! Redis key naming. Keys of one room share the hash tag `{room:<t>:<r>}` so
 //! a Lua script can touch them together, in Redis Cluster too.
 
-use crate::ids::{GatewayId, RoomId, TenantId, UserId};
+use crate::ids::{CallId, GatewayId, RoomId, TenantId, UserId};
 
 /// The keys that hold one room's state.
 #[derive(Debug, Clone)]
@@ -118,9 +118,87 @@ pub fn conn_gone(gw: &GatewayId, conn: u64) -> String {
     format!("sb:{{conn:{gw}:{conn}}}:gone")
 }
 
-/// The member field for a connection in [`RoomKeys::conns`].
-pub fn conn_member(gw: &GatewayId, conn: u64) -> String {
-    format!("{gw}:{conn}")
+/// How long a connection's "gone" marker outlives its disconnect: long enough
+/// for any `CONNECTED` event of that connection still in flight.
+pub const GONE_TTL_SECS: u64 = 600;
+
+/// Keys of one call, under the hash tag `{call:<t>:<id>}`.
+pub fn call(tenant: &TenantId, call: &CallId) -> String {
+    format!("sb:{{call:{tenant}:{call}}}")
+}
+
+/// String: the call a user is in (their "busy" marker).
+pub fn user_call(tenant: &TenantId, user: &UserId) -> String {
+    format!("sb:{{user:{tenant}:{}}}:call", user.encoded())
+}
+
+/// List: a user's call history (newest first).
+pub fn user_calls(tenant: &TenantId, user: &UserId) -> String {
+    format!("sb:{{user:{tenant}:{}}}:calls", user.encoded())
+}
+
+/// String: the call a connection speaks for, so its disconnect is noticed.
+pub fn conn_call(gw: &GatewayId, conn: u64) -> String {
+    format!("sb:{{conn:{gw}:{conn}}}:call")
+}
+
+/// Sorted set of [`crate::members::CallEntry`] by ring deadline (ms).
+pub const CALLS_RINGING: &str = "sb:calls:ringing";
+
+/// Sorted set of [`crate::members::CallEntry`] by reconnect-grace deadline (ms).
+pub const CALLS_GRACE: &str = "sb:calls:grace";
+
+/// Set of app ids with a matchmaking queue, for the matching passes.
+pub const MATCHMAKING_TENANTS: &str = "sb:{mm}:tenants";
+
+/// The keys of one app's matchmaking queue, under the hash tag `{mm:<t>}`.
+#[derive(Debug, Clone)]
+pub struct MatchmakingKeys {
+    /// Sorted set: ticket id by enqueue time.
+    pub queue: String,
+    /// Hash: ticket id → ticket JSON.
+    pub tickets: String,
+    /// Hash: ticket id → [`crate::members::TicketOwner`].
+    pub owners: String,
+    /// Hash: user id → ticket id (one ticket per user).
+    pub users: String,
+    /// Sorted set: ticket id by expiry (ms).
+    pub expiry: String,
+    /// Hash: match-rate statistics.
+    pub stats: String,
+    /// Hash: queue metadata.
+    pub meta: String,
+    /// String: set while one replica sends this app's position updates.
+    pub status_lease: String,
+}
+
+impl MatchmakingKeys {
+    pub fn new(tenant: &TenantId) -> Self {
+        let tag = format!("sb:{{mm:{tenant}}}");
+        Self {
+            queue: format!("{tag}:queue"),
+            tickets: format!("{tag}:tickets"),
+            owners: format!("{tag}:owners"),
+            users: format!("{tag}:users"),
+            expiry: format!("{tag}:expiry"),
+            stats: format!("{tag}:stats"),
+            meta: format!("{tag}:meta"),
+            status_lease: format!("{tag}:status_lease"),
+        }
+    }
+
+    /// In the order the Lua scripts expect them as KEYS.
+    pub fn all(&self) -> [&str; 7] {
+        [
+            &self.queue,
+            &self.tickets,
+            &self.owners,
+            &self.users,
+            &self.expiry,
+            &self.stats,
+            &self.meta,
+        ]
+    }
 }
 
 #[cfg(test)]
@@ -135,5 +213,49 @@ mod tests {
         for key in k.all() {
             assert!(key.starts_with("sb:{room:app:r1}:"), "{key}");
         }
+    }
+
+    fn hash_tag(key: &str) -> &str {
+        let open = key.find('{').unwrap_or_else(|| panic!("{key}: no hash tag"));
+        let close = key[open..]
+            .find('}')
+            .unwrap_or_else(|| panic!("{key}: unclosed hash tag"));
+        &key[open..open + close + 1]
+    }
+
+    #[test]
+    fn every_key_of_one_owner_shares_one_hash_tag() {
+        let t = TenantId::parse("app").unwrap_or_else(|e| panic!("{e}"));
+        let u = UserId::parse("a.b c>*{x}").unwrap_or_else(|e| panic!("{e}"));
+        let g = GatewayId::parse("gw-1").unwrap_or_else(|e| panic!("{e}"));
+        let mm = MatchmakingKeys::new(&t);
+        for key in mm.all().iter().chain([&mm.status_lease.as_str()]) {
+            assert_eq!(hash_tag(key), "{mm:app}", "{key}");
+        }
+        let uk = UserKeys::new(&t, &u);
+        let user_keys = [
+            uk.presence_conns.as_str(),
+            &uk.presence,
+            &uk.rooms,
+            &uk.notif_conns,
+            &uk.notif_data,
+            &uk.notif_order,
+            &uk.notif_expiry,
+            &uk.notif_unread,
+            &user_call(&t, &u),
+            &user_calls(&t, &u),
+        ];
+        let tag = hash_tag(user_keys[0]).to_owned();
+        for key in user_keys {
+            assert_eq!(hash_tag(key), tag, "{key}");
+            // The hostile user id is encoded: no second tag, no wildcard.
+            assert_eq!(key.matches('{').count(), 1, "{key}");
+            assert!(!key.contains(' ') && !key.contains('*'), "{key}");
+        }
+        for key in [conn_rooms(&g, 9), conn_gone(&g, 9), conn_call(&g, 9)] {
+            assert_eq!(hash_tag(&key), "{conn:gw-1:9}", "{key}");
+        }
+        let c = CallId::parse("c1").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(hash_tag(&call(&t, &c)), "{call:app:c1}");
     }
 }

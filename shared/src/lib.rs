@@ -8,9 +8,12 @@
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod conn_events;
 pub mod error;
+pub mod frames;
 pub mod ids;
 pub mod keys;
+pub mod members;
 pub mod redis;
 pub mod subjects;
 pub mod telemetry;

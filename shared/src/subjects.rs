@@ -9,6 +9,7 @@
 //! | `sb.tenant.<tenant>` | workers → every gateway with that app | app-wide pushes |
 //! | `sb.presence.<tenant>.<user>` | presence worker → watchers' gateways | one user's presence |
 //! | `sb.evt.conn` | gateway → workers | connect / disconnect / heartbeat |
+//! | `sb.api.notifications.send` | app backends → notifications | send a notification |
 //!
 //! Every argument is a validated id type, so no caller can build a subject
 //! with wildcards or extra tokens in it.
@@ -17,6 +18,10 @@ use crate::ids::{GatewayId, RoomId, TenantId, UserId};
 
 /// Connection lifecycle events, gateway → workers.
 pub const CONN_EVENTS: &str = "sb.evt.conn";
+
+/// The backend API of the notifications service: trusted backends send
+/// notifications with a NATS request here (a queue group of the service).
+pub const NOTIFICATIONS_SEND: &str = "sb.api.notifications.send";
 
 /// A request subject for `service` and `op`. Both come from the gateway's own
 /// validation (see [`is_op_name`]), never from raw client text.

@@ -3,6 +3,7 @@
 //! the load and any replica can serve any request: all state is in Redis.
 #![forbid(unsafe_code)]
 
+pub mod error;
 pub mod matchmaking;
 pub mod notifications;
 pub mod presence;
@@ -119,14 +120,6 @@ pub async fn start(
                     pool.clone(),
                     cfg.notifications.clone(),
                 ));
-                let api = nats
-                    .queue_subscribe(notifications::SEND_SUBJECT, "notifications".to_owned())
-                    .await?;
-                let (api_svc, api_shutdown) = (svc.clone(), shutdown.clone());
-                l.tasks.push(tokio::spawn(async move {
-                    notifications::serve_api(api_svc, api, api_shutdown).await;
-                    Ok(())
-                }));
                 l.serve(svc).await?;
             }
             "signaling" => {
@@ -174,8 +167,8 @@ struct Launcher {
 impl Launcher {
     /// Subscribes the service's queue group and serves it.
     async fn serve<S: service::Service>(&mut self, svc: Arc<S>) -> Result<(), WorkerError> {
-        let subs = service::subscribe(&self.nats, svc.name()).await?;
-        self.tasks.push(tokio::spawn(service::serve(
+        let subs = service::runner::subscribe(&self.nats, &*svc).await?;
+        self.tasks.push(tokio::spawn(service::runner::serve(
             svc,
             subs,
             self.nats.clone(),

@@ -1,0 +1,247 @@
+//! The string formats stored *inside* Redis values (set members, hash fields
+//! and values) that name several ids at once. Each format is built and parsed
+//! only here; parsing validates every id, so a value written by an older or
+//! hostile process can never smuggle an invalid id into a key or subject.
+//!
+//! | type | format | where |
+//! |---|---|---|
+//! | [`ConnMember`] | `<gateway>:<conn>` | room members, a user's connections |
+//! | [`TenantUser`] | `<tenant>\|<user>` | a gateway's connections |
+//! | [`TypingEntry`] | `<tenant>\|<room>\|<user>` | typing deadlines |
+//! | [`CallEntry`] | `<tenant>\|<call>` | ringing and grace deadlines |
+//! | [`TicketOwner`] | `<gateway>\|<conn>\|<user>` | matchmaking ticket owners |
+//! | [`ReactionField`] | `<seq>\|<emoji>\|<user>` | a room's reactions |
+//!
+//! Tenant, room and gateway ids never contain `|` or `:` (see [`crate::ids`]);
+//! a user id may, so it always comes last and is split off whole.
+
+use std::fmt;
+
+use crate::ids::{CallId, GatewayId, RoomId, TenantId, UserId};
+
+/// One connection on one gateway: `<gateway>:<conn>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ConnMember {
+    pub gw: GatewayId,
+    pub conn: u64,
+}
+
+impl ConnMember {
+    pub fn new(gw: &GatewayId, conn: u64) -> Self {
+        Self {
+            gw: gw.clone(),
+            conn,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        let (gw, conn) = s.rsplit_once(':')?;
+        Some(Self {
+            gw: GatewayId::parse(gw).ok()?,
+            conn: conn.parse().ok()?,
+        })
+    }
+}
+
+impl fmt::Display for ConnMember {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.gw, self.conn)
+    }
+}
+
+/// The owner of a connection: `<tenant>|<user>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantUser {
+    pub tenant: TenantId,
+    pub user: UserId,
+}
+
+impl TenantUser {
+    pub fn parse(s: &str) -> Option<Self> {
+        let (t, u) = s.split_once('|')?;
+        Some(Self {
+            tenant: TenantId::parse(t).ok()?,
+            user: UserId::parse(u).ok()?,
+        })
+    }
+}
+
+impl fmt::Display for TenantUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}|{}", self.tenant, self.user)
+    }
+}
+
+/// Someone typing in a room: `<tenant>|<room>|<user>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypingEntry {
+    pub tenant: TenantId,
+    pub room: RoomId,
+    pub user: UserId,
+}
+
+impl TypingEntry {
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.splitn(3, '|');
+        Some(Self {
+            tenant: TenantId::parse(parts.next()?).ok()?,
+            room: RoomId::parse(parts.next()?).ok()?,
+            user: UserId::parse(parts.next()?).ok()?,
+        })
+    }
+}
+
+impl fmt::Display for TypingEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}|{}|{}", self.tenant, self.room, self.user)
+    }
+}
+
+/// A call with a deadline: `<tenant>|<call>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallEntry {
+    pub tenant: TenantId,
+    pub call: CallId,
+}
+
+impl CallEntry {
+    pub fn parse(s: &str) -> Option<Self> {
+        let (t, c) = s.split_once('|')?;
+        Some(Self {
+            tenant: TenantId::parse(t).ok()?,
+            call: CallId::parse(c).ok()?,
+        })
+    }
+}
+
+impl fmt::Display for CallEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}|{}", self.tenant, self.call)
+    }
+}
+
+/// The connection that owns a matchmaking ticket: `<gateway>|<conn>|<user>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketOwner {
+    pub gw: GatewayId,
+    pub conn: u64,
+    pub user: UserId,
+}
+
+impl TicketOwner {
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.splitn(3, '|');
+        Some(Self {
+            gw: GatewayId::parse(parts.next()?).ok()?,
+            conn: parts.next()?.parse().ok()?,
+            user: UserId::parse(parts.next()?).ok()?,
+        })
+    }
+}
+
+impl fmt::Display for TicketOwner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}|{}|{}", self.gw, self.conn, self.user)
+    }
+}
+
+/// One user's reaction on one message: `<seq>|<emoji>|<user>`. Emojis are
+/// checked by the rooms service (no `|`, no whitespace, at most 32 bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReactionField {
+    pub seq: u64,
+    pub emoji: String,
+    pub user: UserId,
+}
+
+impl ReactionField {
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.splitn(3, '|');
+        Some(Self {
+            seq: parts.next()?.parse().ok()?,
+            emoji: parts.next().filter(|e| !e.is_empty())?.to_owned(),
+            user: UserId::parse(parts.next()?).ok()?,
+        })
+    }
+
+    /// The `HSCAN` pattern matching every reaction on message `seq`.
+    pub fn pattern_for_seq(seq: u64) -> String {
+        format!("{seq}|*")
+    }
+}
+
+impl fmt::Display for ReactionField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}|{}|{}", self.seq, self.emoji, self.user)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok<T, E: fmt::Display>(r: Result<T, E>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn formats_round_trip_even_with_separators_in_user_ids() {
+        let gw = ok(GatewayId::parse("gw-1"));
+        let t = ok(TenantId::parse("app"));
+        let r = ok(RoomId::parse("room_1"));
+        let u = ok(UserId::parse("a|b:c@example.com"));
+        let cm = ConnMember::new(&gw, 42);
+        assert_eq!(cm.to_string(), "gw-1:42");
+        assert_eq!(ConnMember::parse(&cm.to_string()), Some(cm));
+        let tu = TenantUser {
+            tenant: t.clone(),
+            user: u.clone(),
+        };
+        assert_eq!(TenantUser::parse(&tu.to_string()), Some(tu));
+        let te = TypingEntry {
+            tenant: t.clone(),
+            room: r.clone(),
+            user: u.clone(),
+        };
+        assert_eq!(TypingEntry::parse(&te.to_string()), Some(te));
+        let ce = CallEntry {
+            tenant: t.clone(),
+            call: ok(CallId::parse("c123")),
+        };
+        assert_eq!(CallEntry::parse(&ce.to_string()), Some(ce));
+        let to = TicketOwner {
+            gw: gw.clone(),
+            conn: 7,
+            user: u.clone(),
+        };
+        assert_eq!(TicketOwner::parse(&to.to_string()), Some(to));
+        let rf = ReactionField {
+            seq: 3,
+            emoji: "thumbs_up".into(),
+            user: u,
+        };
+        assert_eq!(ReactionField::parse(&rf.to_string()), Some(rf));
+    }
+
+    #[test]
+    fn hostile_values_are_refused() {
+        for bad in ["", "gw", "gw:", ":1", "g.w:1", "g>:1", "gw:-1", "gw:x"] {
+            assert_eq!(ConnMember::parse(bad), None, "{bad:?}");
+        }
+        for bad in ["", "app", "a.b|u", "app|", "*|u"] {
+            assert_eq!(TenantUser::parse(bad), None, "{bad:?}");
+        }
+        for bad in ["app|r", "app|r.x|u", "a pp|r|u", "app|r|"] {
+            assert_eq!(TypingEntry::parse(bad), None, "{bad:?}");
+        }
+        for bad in ["app", "app|c.1", "app|c>", "|c"] {
+            assert_eq!(CallEntry::parse(bad), None, "{bad:?}");
+        }
+        for bad in ["gw|1", "gw|x|u", "g*|1|u", "gw|1|"] {
+            assert_eq!(TicketOwner::parse(bad), None, "{bad:?}");
+        }
+        for bad in ["1|x", "x|e|u", "1||u", "1|e|"] {
+            assert_eq!(ReactionField::parse(bad), None, "{bad:?}");
+        }
+    }
+}
