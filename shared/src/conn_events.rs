@@ -26,7 +26,10 @@ pub enum ConnLifecycle {
     Connected(ConnInfo),
     Disconnected(ConnInfo),
     /// A gateway is alive and holds `connections` sockets.
-    Heartbeat { gw: GatewayId, connections: u64 },
+    Heartbeat {
+        gw: GatewayId,
+        connections: u64,
+    },
 }
 
 /// Why a message on `sb.evt.conn` was not understood.

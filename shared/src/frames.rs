@@ -28,6 +28,9 @@ mod tests {
     fn event_frames_are_json_with_event_and_data() {
         let f = event("presence", &serde_json::json!({"user": "a\"b", "n": 1}));
         let v: serde_json::Value = serde_json::from_slice(&f).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(v, serde_json::json!({"event": "presence", "data": {"user": "a\"b", "n": 1}}));
+        assert_eq!(
+            v,
+            serde_json::json!({"event": "presence", "data": {"user": "a\"b", "n": 1}})
+        );
     }
 }

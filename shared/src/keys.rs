@@ -216,7 +216,9 @@ mod tests {
     }
 
     fn hash_tag(key: &str) -> &str {
-        let open = key.find('{').unwrap_or_else(|| panic!("{key}: no hash tag"));
+        let open = key
+            .find('{')
+            .unwrap_or_else(|| panic!("{key}: no hash tag"));
         let close = key[open..]
             .find('}')
             .unwrap_or_else(|| panic!("{key}: unclosed hash tag"));
@@ -226,7 +228,7 @@ mod tests {
     #[test]
     fn every_key_of_one_owner_shares_one_hash_tag() {
         let t = TenantId::parse("app").unwrap_or_else(|e| panic!("{e}"));
-        let u = UserId::parse("a.b c>*{x}").unwrap_or_else(|e| panic!("{e}"));
+        let u = UserId::parse("a.b>*{x}@example.com").unwrap_or_else(|e| panic!("{e}"));
         let g = GatewayId::parse("gw-1").unwrap_or_else(|e| panic!("{e}"));
         let mm = MatchmakingKeys::new(&t);
         for key in mm.all().iter().chain([&mm.status_lease.as_str()]) {

@@ -32,16 +32,16 @@ use deadpool_redis::redis;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use switchboard_proto::bus::{
-    ConnEvent, Push, ReplayBatch, ReplayRequest, Reply, Request, conn_event,
-};
+use switchboard_proto::bus::{Push, Reply, Request};
 use switchboard_shared::config::MatchmakingConfig;
-use switchboard_shared::error::{ClientError, ErrorCode};
+use switchboard_shared::error::ErrorCode;
 use switchboard_shared::ids::{GatewayId, TenantId, UserId};
 use switchboard_shared::redis::Pool;
 use switchboard_shared::{bus, now_ms, subjects};
 
-use crate::service::{Caller, Outcome, Service, conn_event_parts, parse};
+use crate::error::ServiceError;
+use crate::service::{Caller, Outcome, Service, parse};
+use switchboard_shared::conn_events::ConnLifecycle;
 use ticket::{JoinReq, Ticket};
 
 /// Set of app ids with (possibly) waiting tickets: where passes look.
@@ -174,9 +174,11 @@ fn parse_owner(o: &str) -> Option<(GatewayId, u64)> {
 #[serde(deny_unknown_fields)]
 struct Empty {}
 
-fn internal(e: impl std::fmt::Display) -> ClientError {
-    tracing::error!(error = %e, "matchmaking: internal error");
-    ClientError::new(ErrorCode::Internal, "internal error")
+fn internal(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Script {
+        script: "matchmaking",
+        detail: e.to_string(),
+    }
 }
 
 /// A fresh ticket id (`t` + 20 base-32 characters).
@@ -286,7 +288,7 @@ impl Matchmaking {
 }
 
 impl Inner {
-    async fn conn(&self) -> Result<deadpool_redis::Connection, ClientError> {
+    async fn conn(&self) -> Result<deadpool_redis::Connection, ServiceError> {
         self.pool.get().await.map_err(internal)
     }
 
@@ -296,7 +298,7 @@ impl Inner {
         }
     }
 
-    async fn join(&self, c: &Caller, req: JoinReq) -> Result<Outcome, ClientError> {
+    async fn join(&self, c: &Caller, req: JoinReq) -> Result<Outcome, ServiceError> {
         let spec = req.validate()?;
         let k = MmKeys::new(&c.tenant);
         let now = now_ms();
@@ -328,7 +330,7 @@ impl Inner {
             .await
             .map_err(internal)?;
         if status == -1 {
-            return Err(ClientError::new(
+            return Err(ServiceError::client(
                 ErrorCode::NotFound,
                 "connection is closed",
             ));
@@ -350,7 +352,7 @@ impl Inner {
         })))
     }
 
-    async fn leave(&self, c: &Caller) -> Result<Outcome, ClientError> {
+    async fn leave(&self, c: &Caller) -> Result<Outcome, ServiceError> {
         let k = MmKeys::new(&c.tenant);
         let mut r = self.conn().await?;
         let id: String = scripts::LEAVE
@@ -368,7 +370,7 @@ impl Inner {
         })))
     }
 
-    async fn status(&self, c: &Caller) -> Result<Outcome, ClientError> {
+    async fn status(&self, c: &Caller) -> Result<Outcome, ServiceError> {
         let k = MmKeys::new(&c.tenant);
         let mut r = self.conn().await?;
         let (id, stored, rank, waiting, last_pass, stats): (
@@ -385,7 +387,7 @@ impl Inner {
             .await
             .map_err(internal)?;
         if id.is_empty() {
-            return Err(ClientError::new(
+            return Err(ServiceError::client(
                 ErrorCode::NotFound,
                 "no ticket: join the queue first",
             ));
@@ -726,7 +728,7 @@ impl Service for Matchmaking {
         "matchmaking"
     }
 
-    async fn handle(&self, op: &str, req: Request) -> Result<Outcome, ClientError> {
+    async fn handle(&self, op: &str, req: Request) -> Result<Outcome, ServiceError> {
         let c = Caller::from_request(&req)?;
         match op {
             "join" => self.inner.join(&c, parse(&req)?).await,
@@ -738,25 +740,18 @@ impl Service for Matchmaking {
                 parse::<Empty>(&req)?;
                 self.inner.status(&c).await
             }
-            other => Err(ClientError::new(
+            other => Err(ServiceError::client(
                 ErrorCode::UnknownOp,
                 format!("matchmaking has no op {other:?}"),
             )),
         }
     }
 
-    async fn replay(&self, _req: ReplayRequest) -> Result<ReplayBatch, ClientError> {
-        Err(ClientError::new(
-            ErrorCode::UnknownOp,
-            "matchmaking has no feeds",
-        ))
-    }
-
-    async fn on_conn_event(&self, ev: ConnEvent) {
-        if let Some((conn_event::Kind::Disconnected, gw, conn, tenant, user)) =
-            conn_event_parts(&ev)
-        {
-            self.inner.disconnected(&tenant, &user, &gw, conn).await;
+    async fn on_conn_event(&self, ev: ConnLifecycle) {
+        if let ConnLifecycle::Disconnected(c) = ev {
+            self.inner
+                .disconnected(&c.tenant, &c.user, &c.gw, c.conn)
+                .await;
         }
     }
 }

@@ -17,27 +17,25 @@
 
 mod scripts;
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use deadpool_redis::redis;
-use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use switchboard_proto::bus::{ConnEvent, Push, ReplayBatch, ReplayRequest, Request, conn_event};
+use switchboard_proto::bus::{Push, Request};
 use switchboard_shared::config::NotificationsConfig;
-use switchboard_shared::error::{ClientError, ErrorCode};
+use switchboard_shared::error::ErrorCode;
 use switchboard_shared::ids::{GatewayId, RoomId, TenantId, UserId};
 use switchboard_shared::keys::{self, RoomKeys, UserKeys};
 use switchboard_shared::redis::Pool;
-use switchboard_shared::{Shutdown, bus, now_ms, subjects};
+use switchboard_shared::{bus, now_ms, subjects};
 
-use crate::service::{
-    Caller, Outcome, Service, conn_event_parts, mark_gone, parse, push_to_conn, split_member,
-};
-
-/// Where trusted backends send notifications (NATS request/reply, JSON).
-pub const SEND_SUBJECT: &str = "sb.api.notifications.send";
+use crate::error::ServiceError;
+use crate::service::conns::mark_gone;
+use crate::service::push::frame_to_conn;
+use crate::service::{Caller, Outcome, Service, parse};
+use switchboard_shared::conn_events::ConnLifecycle;
+use switchboard_shared::frames;
+use switchboard_shared::members::ConnMember;
 
 const PRIORITIES: [&str; 3] = ["low", "normal", "high"];
 
@@ -95,13 +93,15 @@ struct IdReq {
     all: bool,
 }
 
-fn internal(e: impl std::fmt::Display) -> ClientError {
-    tracing::error!(error = %e, "notifications: internal error");
-    ClientError::new(ErrorCode::Internal, "internal error")
+fn internal(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Script {
+        script: "notifications",
+        detail: e.to_string(),
+    }
 }
 
-fn bad(msg: impl Into<String>) -> ClientError {
-    ClientError::new(ErrorCode::BadRequest, msg)
+fn bad(msg: impl Into<String>) -> ServiceError {
+    ServiceError::bad_request(msg)
 }
 
 fn user_keys(k: &UserKeys) -> [&str; 4] {
@@ -128,7 +128,7 @@ impl Notifications {
         Self { nats, pool, cfg }
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, ClientError> {
+    async fn conn(&self) -> Result<deadpool_redis::Connection, ServiceError> {
         self.pool.get().await.map_err(internal)
     }
 
@@ -143,14 +143,14 @@ impl Notifications {
             Err(_) => return,
         };
         for member in conns {
-            if let Some((gw, conn)) = split_member(&member) {
-                push_to_conn(&self.nats, &gw, conn, frame.clone()).await;
+            if let Some(to) = ConnMember::parse(&member) {
+                frame_to_conn(&self.nats, &to, frame.clone()).await;
             }
         }
     }
 
     /// Validates and delivers a backend's send request.
-    pub async fn send(&self, req: SendReq) -> Result<Value, ClientError> {
+    pub async fn send(&self, req: SendReq) -> Result<Value, ServiceError> {
         let tenant = TenantId::parse(&req.app)?;
         if req.kind.is_empty() || req.kind.len() > 64 {
             return Err(bad("`type` must be 1 to 64 bytes"));
@@ -269,7 +269,7 @@ impl Notifications {
         &self,
         tenant: &TenantId,
         user: &UserId,
-    ) -> Result<(Vec<(String, bool)>, usize), ClientError> {
+    ) -> Result<(Vec<(String, bool)>, usize), ServiceError> {
         let k = UserKeys::new(tenant, user);
         let mut r = self.conn().await?;
         let (ids, unread): (Vec<String>, Vec<String>) = scripts::LIST
@@ -296,7 +296,7 @@ impl Notifications {
         tenant: &TenantId,
         user: &UserId,
         page: &[(String, bool)],
-    ) -> Result<Vec<Value>, ClientError> {
+    ) -> Result<Vec<Value>, ServiceError> {
         if page.is_empty() {
             return Ok(Vec::new());
         }
@@ -320,7 +320,7 @@ impl Notifications {
             .collect())
     }
 
-    async fn list(&self, c: &Caller, req: ListReq) -> Result<Outcome, ClientError> {
+    async fn list(&self, c: &Caller, req: ListReq) -> Result<Outcome, ServiceError> {
         let limit = req.limit.unwrap_or(50).clamp(1, 200);
         let (mut items, unread) = self.load(&c.tenant, &c.user).await?;
         match req.order.as_deref() {
@@ -341,10 +341,10 @@ impl Notifications {
         ))
     }
 
-    fn target(req: &IdReq) -> Result<String, ClientError> {
+    fn target(req: &IdReq) -> Result<String, ServiceError> {
         match (&req.id, req.all) {
             (Some(_), true) | (None, false) => Err(bad("give `id` or `all: true`")),
-            (Some(id), false) if !valid_id(id) => Err(ClientError::new(
+            (Some(id), false) if !valid_id(id) => Err(ServiceError::client(
                 ErrorCode::InvalidId,
                 "malformed notification id",
             )),
@@ -353,7 +353,7 @@ impl Notifications {
         }
     }
 
-    async fn change(&self, c: &Caller, req: IdReq, clear: bool) -> Result<Outcome, ClientError> {
+    async fn change(&self, c: &Caller, req: IdReq, clear: bool) -> Result<Outcome, ServiceError> {
         let id = Self::target(&req)?;
         let k = UserKeys::new(&c.tenant, &c.user);
         let script = if clear {
@@ -374,14 +374,14 @@ impl Notifications {
             // Already read, or gone: say which.
             let (items, _) = self.load(&c.tenant, &c.user).await?;
             if !items.iter().any(|(i, _)| *i == id) {
-                return Err(ClientError::new(
+                return Err(ServiceError::client(
                     ErrorCode::NotFound,
                     "no such notification",
                 ));
             }
         }
         if clear && !id.is_empty() && changed == 0 {
-            return Err(ClientError::new(
+            return Err(ServiceError::client(
                 ErrorCode::NotFound,
                 "no such notification",
             ));
@@ -407,7 +407,7 @@ impl Notifications {
 
     async fn connected(&self, gw: &GatewayId, conn: u64, tenant: &TenantId, user: &UserId) {
         let k = UserKeys::new(tenant, user);
-        let member = keys::conn_member(gw, conn);
+        let member = ConnMember::new(gw, conn).to_string();
         let Ok(mut r) = self.conn().await else { return };
         let _: Result<(), _> = redis::pipe()
             .hset(&k.notif_conns, &member, now_ms())
@@ -438,8 +438,9 @@ impl Notifications {
         let Ok(bodies) = self.bodies(tenant, user, &pending).await else {
             return;
         };
-        let frame = json!({"event": "notifications", "data": {"unread": unread, "items": bodies, "more": more}});
-        push_to_conn(&self.nats, gw, conn, Bytes::from(frame.to_string())).await;
+        let data = json!({"unread": unread, "items": bodies, "more": more});
+        let to = ConnMember::new(gw, conn);
+        frame_to_conn(&self.nats, &to, frames::event("notifications", &data)).await;
     }
 
     async fn disconnected(&self, gw: &GatewayId, conn: u64, tenant: &TenantId, user: &UserId) {
@@ -447,7 +448,7 @@ impl Notifications {
         let _: Result<(), _> = mark_gone(&mut redis::pipe(), gw, conn)
             .hdel(
                 UserKeys::new(tenant, user).notif_conns,
-                keys::conn_member(gw, conn),
+                ConnMember::new(gw, conn).to_string(),
             )
             .ignore()
             .query_async(&mut r)
@@ -460,7 +461,7 @@ impl Service for Notifications {
         "notifications"
     }
 
-    async fn handle(&self, op: &str, req: Request) -> Result<Outcome, ClientError> {
+    async fn handle(&self, op: &str, req: Request) -> Result<Outcome, ServiceError> {
         let c = Caller::from_request(&req)?;
         match op {
             "list" => self.list(&c, parse(&req)?).await,
@@ -473,66 +474,49 @@ impl Service for Notifications {
             }
             "mark_read" => self.change(&c, parse(&req)?, false).await,
             "clear" => self.change(&c, parse(&req)?, true).await,
-            other => Err(ClientError::new(
+            other => Err(ServiceError::client(
                 ErrorCode::UnknownOp,
                 format!("notifications has no op {other:?}"),
             )),
         }
     }
 
-    async fn replay(&self, _req: ReplayRequest) -> Result<ReplayBatch, ClientError> {
-        Err(ClientError::new(
-            ErrorCode::UnknownOp,
-            "notifications has no feeds to replay",
-        ))
-    }
-
-    async fn on_conn_event(&self, ev: ConnEvent) {
-        let Some((kind, gw, conn, tenant, user)) = conn_event_parts(&ev) else {
-            return;
-        };
-        match kind {
-            conn_event::Kind::Connected => self.connected(&gw, conn, &tenant, &user).await,
-            conn_event::Kind::Disconnected => self.disconnected(&gw, conn, &tenant, &user).await,
-            _ => {}
+    async fn on_conn_event(&self, ev: ConnLifecycle) {
+        match ev {
+            ConnLifecycle::Connected(c) => self.connected(&c.gw, c.conn, &c.tenant, &c.user).await,
+            ConnLifecycle::Disconnected(c) => {
+                self.disconnected(&c.gw, c.conn, &c.tenant, &c.user).await
+            }
+            ConnLifecycle::Heartbeat { .. } => {}
         }
     }
-}
 
-/// Serves the backend API (`sb.api.notifications.send`) as the
-/// `notifications` queue group until shutdown. Replies are JSON:
-/// `{"ok": true, "id": .., "recipients": n}` or `{"ok": false, "error": {..}}`.
-pub async fn serve_api(
-    svc: Arc<Notifications>,
-    mut sub: async_nats::Subscriber,
-    shutdown: Shutdown,
-) {
-    loop {
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            m = sub.next() => match m { Some(m) => m, None => break },
-        };
-        let svc = svc.clone();
-        tokio::spawn(async move {
-            let result = match serde_json::from_slice::<SendReq>(&msg.payload) {
-                Ok(req) => svc.send(req).await,
-                Err(e) => Err(bad(format!("invalid send request: {e}"))),
-            };
-            let body = match result {
-                Ok(mut v) => {
-                    v["ok"] = json!(true);
-                    v
-                }
-                Err(e) => {
-                    json!({"ok": false, "error": {"code": e.code.as_str(), "message": e.message}})
-                }
-            };
-            if let Some(reply) = msg.reply {
-                let _ = svc.nats.publish(reply, Bytes::from(body.to_string())).await;
-            }
-        });
+    fn api_subjects(&self) -> &'static [&'static str] {
+        &[subjects::NOTIFICATIONS_SEND]
     }
-    let _ = sub.unsubscribe().await;
+
+    /// The backend API (`sb.api.notifications.send`). Replies are JSON:
+    /// `{"ok": true, "id": .., "recipients": n}` or `{"ok": false, "error": {..}}`.
+    async fn handle_api(&self, _subject: &str, payload: Bytes) -> Bytes {
+        let result = match serde_json::from_slice::<SendReq>(&payload) {
+            Ok(req) => self.send(req).await,
+            Err(e) => Err(bad(format!("invalid send request: {e}"))),
+        };
+        let body = match result {
+            Ok(mut v) => {
+                v["ok"] = json!(true);
+                v
+            }
+            Err(e) => {
+                if !matches!(e.kind(), crate::error::ErrorKind::Client(_)) {
+                    tracing::error!(error = %e, "notifications: send failed");
+                }
+                let e = e.to_client();
+                json!({"ok": false, "error": {"code": e.code.as_str(), "message": e.message}})
+            }
+        };
+        Bytes::from(body.to_string())
+    }
 }
 
 #[cfg(test)]

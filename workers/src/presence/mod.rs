@@ -19,20 +19,23 @@ use deadpool_redis::redis;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use switchboard_proto::bus::{
-    ConnEvent, ConnRef, FeedMode, Interest, Push, ReplayBatch, ReplayItem, ReplayRequest, Request,
-    conn_event,
+    FeedMode, Interest, Push, ReplayBatch, ReplayItem, ReplayRequest, Request,
 };
 use switchboard_shared::auth::Identity;
 use switchboard_shared::config::PresenceConfig;
-use switchboard_shared::error::{ClientError, ErrorCode};
+use switchboard_shared::error::ErrorCode;
 use switchboard_shared::ids::{GatewayId, RoomId, TenantId, UserId};
 use switchboard_shared::keys::{self, RoomKeys, UserKeys};
 use switchboard_shared::redis::Pool;
 use switchboard_shared::{bus, now_ms, subjects};
 
-use crate::service::{
-    Caller, Outcome, Service, conn_event_parts, event_frame, mark_gone, parse, push_to_conn,
-};
+use crate::error::{LogFailure, ServiceError};
+use crate::service::conns::mark_gone;
+use crate::service::push::event_to_conn;
+use crate::service::{Caller, Outcome, Service, parse};
+use switchboard_shared::conn_events::{ConnInfo, ConnLifecycle};
+use switchboard_shared::members::ConnMember;
+use switchboard_shared::members::TenantUser;
 
 /// Statuses a user may choose.
 const STATUSES: [&str; 4] = ["online", "away", "busy", "offline"];
@@ -117,9 +120,11 @@ struct RoomReq {
     room: String,
 }
 
-fn internal(e: impl std::fmt::Display) -> ClientError {
-    tracing::error!(error = %e, "presence: internal error");
-    ClientError::new(ErrorCode::Internal, "internal error")
+fn internal(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Script {
+        script: "presence",
+        detail: e.to_string(),
+    }
 }
 
 impl Presence {
@@ -127,11 +132,11 @@ impl Presence {
         Self { nats, pool, cfg }
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, ClientError> {
+    async fn conn(&self) -> Result<deadpool_redis::Connection, ServiceError> {
         self.pool.get().await.map_err(internal)
     }
 
-    async fn state(&self, tenant: &TenantId, user: &UserId) -> Result<State, ClientError> {
+    async fn state(&self, tenant: &TenantId, user: &UserId) -> Result<State, ServiceError> {
         let k = UserKeys::new(tenant, user);
         let mut r = self.conn().await?;
         let v = scripts::GET
@@ -180,9 +185,9 @@ impl Presence {
         }
     }
 
-    fn users(&self, req: &UsersReq) -> Result<Vec<UserId>, ClientError> {
+    fn users(&self, req: &UsersReq) -> Result<Vec<UserId>, ServiceError> {
         if req.users.len() > self.cfg.max_users_per_request {
-            return Err(ClientError::new(
+            return Err(ServiceError::client(
                 ErrorCode::BadRequest,
                 format!(
                     "at most {} users per request",
@@ -190,18 +195,15 @@ impl Presence {
                 ),
             ));
         }
-        req.users
-            .iter()
-            .map(|u| UserId::parse(u).map_err(ClientError::from))
-            .collect()
+        req.users.iter().map(|u| Ok(UserId::parse(u)?)).collect()
     }
 
-    async fn set(&self, c: &Caller, req: SetReq) -> Result<Outcome, ClientError> {
+    async fn set(&self, c: &Caller, req: SetReq) -> Result<Outcome, ServiceError> {
         let status = match req.status.as_deref() {
             None => "",
             Some(s) if STATUSES.contains(&s) => s,
             Some(s) => {
-                return Err(ClientError::new(
+                return Err(ServiceError::client(
                     ErrorCode::BadRequest,
                     format!("unknown status {s:?}: use one of {STATUSES:?}"),
                 ));
@@ -217,7 +219,7 @@ impl Presence {
                 t.clone()
             }
             Some(_) => {
-                return Err(ClientError::new(
+                return Err(ServiceError::client(
                     ErrorCode::BadRequest,
                     format!(
                         "`text` must be a string of at most {} characters, or null",
@@ -245,7 +247,7 @@ impl Presence {
         Ok(Outcome::json(&data))
     }
 
-    async fn get(&self, c: &Caller, req: UsersReq) -> Result<Outcome, ClientError> {
+    async fn get(&self, c: &Caller, req: UsersReq) -> Result<Outcome, ServiceError> {
         let mut out = Vec::new();
         for u in self.users(&req)? {
             out.push(self.state(&c.tenant, &u).await?.to_json(&u));
@@ -253,7 +255,7 @@ impl Presence {
         Ok(Outcome::json(&json!({"users": out})))
     }
 
-    async fn subscribe(&self, c: &Caller, req: UsersReq) -> Result<Outcome, ClientError> {
+    async fn subscribe(&self, c: &Caller, req: UsersReq) -> Result<Outcome, ServiceError> {
         let mut out = Outcome::default();
         let mut list = Vec::new();
         for u in self.users(&req)? {
@@ -271,7 +273,7 @@ impl Presence {
         Ok(out)
     }
 
-    async fn unsubscribe(&self, c: &Caller, req: UsersReq) -> Result<Outcome, ClientError> {
+    async fn unsubscribe(&self, c: &Caller, req: UsersReq) -> Result<Outcome, ServiceError> {
         let users = self.users(&req)?;
         let mut out = Outcome::json(&json!({"users": users.len()}));
         out.detach = users
@@ -283,13 +285,13 @@ impl Presence {
 
     /// Presence of a room's members. Members also receive `presence` pushes
     /// on the room feed whenever one of them changes.
-    async fn room(&self, c: &Caller, req: RoomReq) -> Result<Outcome, ClientError> {
+    async fn room(&self, c: &Caller, req: RoomReq) -> Result<Outcome, ServiceError> {
         let room = RoomId::parse(&req.room)?;
         let k = RoomKeys::new(&c.tenant, &room);
         let mut r = self.conn().await?;
         let (private, member, users): (Option<String>, bool, Vec<String>) = redis::pipe()
             .hget(&k.meta, "private")
-            .hexists(&k.conns, keys::conn_member(&c.gw, c.conn))
+            .hexists(&k.conns, ConnMember::new(&c.gw, c.conn).to_string())
             .hkeys(&k.users)
             .query_async(&mut r)
             .await
@@ -297,13 +299,13 @@ impl Presence {
         drop(r);
         match private.as_deref() {
             None => {
-                return Err(ClientError::new(
+                return Err(ServiceError::client(
                     ErrorCode::NotFound,
                     format!("no room {room}"),
                 ));
             }
             Some("1") if !member && !Identity::may_access(&c.grants, room.as_str()) => {
-                return Err(ClientError::new(ErrorCode::Forbidden, "private room"));
+                return Err(ServiceError::client(ErrorCode::Forbidden, "private room"));
             }
             _ => {}
         }
@@ -319,7 +321,7 @@ impl Presence {
     }
 
     async fn connected(&self, gw: &GatewayId, conn: u64, tenant: &TenantId, user: &UserId) {
-        let member = keys::conn_member(gw, conn);
+        let member = ConnMember::new(gw, conn).to_string();
         let k = UserKeys::new(tenant, user);
         let Ok(mut r) = self.conn().await else { return };
         let _: Result<(), _> = redis::pipe()
@@ -359,7 +361,7 @@ impl Presence {
                     let mut data = st.to_json(user);
                     data["status"] = Value::from(st.status.clone());
                     data["self"] = Value::Bool(true);
-                    push_to_conn(&self.nats, gw, conn, event_frame("presence", &data)).await;
+                    event_to_conn(&self.nats, &ConnMember::new(gw, conn), "presence", &data).await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "presence connect failed"),
@@ -381,7 +383,7 @@ impl Presence {
         let res = scripts::DISCONNECT
             .key(&k.presence_conns)
             .key(&k.presence)
-            .arg(keys::conn_member(gw, conn))
+            .arg(ConnMember::new(gw, conn).to_string())
             .arg(now_ms())
             .invoke_async(&mut r)
             .await;
@@ -438,24 +440,20 @@ impl Presence {
                 .unwrap_or_default();
             tracing::warn!(gateway = %gw, connections = conns.len(), "gateway stopped heartbeating: disconnecting its connections");
             for (conn, who) in conns {
-                let Some((tenant, user)) = who.split_once('|') else {
+                let Some(TenantUser { tenant, user }) = TenantUser::parse(&who) else {
+                    tracing::warn!(gateway = %gw, conn, value = %who, "skipping a malformed connection entry");
                     continue;
                 };
-                let ev = ConnEvent {
-                    kind: conn_event::Kind::Disconnected as i32,
-                    conn: Some(ConnRef {
-                        gateway: gw.to_string(),
-                        conn,
-                    }),
-                    tenant: tenant.to_owned(),
-                    user: user.to_owned(),
-                    at_ms: now_ms(),
-                    count: 0,
-                };
-                let _ = self
-                    .nats
-                    .publish(subjects::CONN_EVENTS, bus::encode(&ev))
-                    .await;
+                let ev = ConnLifecycle::Disconnected(ConnInfo {
+                    gw: gw.clone(),
+                    conn,
+                    tenant,
+                    user,
+                });
+                self.nats
+                    .publish(subjects::CONN_EVENTS, ev.encode())
+                    .await
+                    .log_failure("announcing a dead gateway's disconnect");
             }
             reaped += 1;
         }
@@ -480,7 +478,7 @@ impl Service for Presence {
         "presence"
     }
 
-    async fn handle(&self, op: &str, req: Request) -> Result<Outcome, ClientError> {
+    async fn handle(&self, op: &str, req: Request) -> Result<Outcome, ServiceError> {
         let c = Caller::from_request(&req)?;
         match op {
             "set" => self.set(&c, parse(&req)?).await,
@@ -488,14 +486,14 @@ impl Service for Presence {
             "subscribe" => self.subscribe(&c, parse(&req)?).await,
             "unsubscribe" => self.unsubscribe(&c, parse(&req)?).await,
             "room" => self.room(&c, parse(&req)?).await,
-            other => Err(ClientError::new(
+            other => Err(ServiceError::client(
                 ErrorCode::UnknownOp,
                 format!("presence has no op {other:?}"),
             )),
         }
     }
 
-    async fn replay(&self, req: ReplayRequest) -> Result<ReplayBatch, ClientError> {
+    async fn replay(&self, req: ReplayRequest) -> Result<ReplayBatch, ServiceError> {
         let tenant = TenantId::parse(&req.tenant)?;
         let user = UserId::parse(&req.key)?;
         let st = self.state(&tenant, &user).await?;
@@ -515,25 +513,13 @@ impl Service for Presence {
         })
     }
 
-    async fn on_conn_event(&self, ev: ConnEvent) {
-        if ev.kind() == conn_event::Kind::Heartbeat {
-            if let Some(gw) = ev
-                .conn
-                .as_ref()
-                .and_then(|c| GatewayId::parse(&c.gateway).ok())
-            {
-                self.heartbeat(&gw).await;
+    async fn on_conn_event(&self, ev: ConnLifecycle) {
+        match ev {
+            ConnLifecycle::Heartbeat { gw, .. } => self.heartbeat(&gw).await,
+            ConnLifecycle::Connected(c) => self.connected(&c.gw, c.conn, &c.tenant, &c.user).await,
+            ConnLifecycle::Disconnected(c) => {
+                self.disconnected(&c.gw, c.conn, &c.tenant, &c.user).await
             }
-            return;
-        }
-        match conn_event_parts(&ev) {
-            Some((conn_event::Kind::Connected, gw, conn, tenant, user)) => {
-                self.connected(&gw, conn, &tenant, &user).await
-            }
-            Some((conn_event::Kind::Disconnected, gw, conn, tenant, user)) => {
-                self.disconnected(&gw, conn, &tenant, &user).await
-            }
-            _ => {}
         }
     }
 }

@@ -17,18 +17,21 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 use switchboard_proto::bus::{
-    ConnEvent, ConnRef, FeedMode, Interest, Push, ReplayBatch, ReplayItem, ReplayRequest, Request,
-    conn_event,
+    ConnRef, FeedMode, Interest, Push, ReplayBatch, ReplayItem, ReplayRequest, Request,
 };
 use switchboard_shared::auth::Identity;
 use switchboard_shared::config::RoomsConfig;
-use switchboard_shared::error::{ClientError, ErrorCode};
+use switchboard_shared::error::ErrorCode;
 use switchboard_shared::ids::{GatewayId, RoomId, TenantId, UserId};
 use switchboard_shared::keys::{self, RoomKeys, UserKeys};
 use switchboard_shared::redis::Pool;
 use switchboard_shared::{bus, now_ms, subjects};
 
-use crate::service::{Caller, Outcome, Service, mark_gone, parse};
+use crate::error::{ErrorKind, ServiceError};
+use crate::service::conns::mark_gone;
+use crate::service::{Caller, Outcome, Service, parse};
+use switchboard_shared::conn_events::ConnLifecycle;
+use switchboard_shared::members::ConnMember;
 
 /// The rooms service.
 pub struct Rooms {
@@ -137,13 +140,13 @@ struct ReactionsReq {
 const MAX_UNREAD_ROOMS: usize = 200;
 
 /// Reactions are short: an emoji or a short code like `thumbs_up`.
-fn check_emoji(e: &str) -> Result<(), ClientError> {
+fn check_emoji(e: &str) -> Result<(), ServiceError> {
     if e.is_empty()
         || e.len() > 32
         || e.contains('|')
         || e.chars().any(|c| c.is_whitespace() || c.is_control())
     {
-        return Err(ClientError::new(
+        return Err(ServiceError::client(
             ErrorCode::BadRequest,
             "`emoji` must be 1 to 32 bytes without whitespace or `|`",
         ));
@@ -160,13 +163,15 @@ struct Read {
     items: Vec<(u64, String)>,
 }
 
-fn internal(e: impl std::fmt::Display) -> ClientError {
-    tracing::error!(error = %e, "rooms: internal error");
-    ClientError::new(ErrorCode::Internal, "internal error")
+fn internal(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Script {
+        script: "rooms",
+        detail: e.to_string(),
+    }
 }
 
-fn room_id(s: &str) -> Result<RoomId, ClientError> {
-    RoomId::parse(s).map_err(ClientError::from)
+fn room_id(s: &str) -> Result<RoomId, ServiceError> {
+    Ok(RoomId::parse(s)?)
 }
 
 impl Rooms {
@@ -174,7 +179,7 @@ impl Rooms {
         Self { nats, pool, cfg }
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, ClientError> {
+    async fn conn(&self) -> Result<deadpool_redis::Connection, ServiceError> {
         self.pool.get().await.map_err(internal)
     }
 
@@ -214,7 +219,7 @@ impl Rooms {
         c: &Caller,
         room: &RoomId,
         k: &RoomKeys,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), ServiceError> {
         let mut r = self.conn().await?;
         let (private, member): (Option<String>, bool) = redis::pipe()
             .hget(&k.meta, "private")
@@ -223,24 +228,24 @@ impl Rooms {
             .await
             .map_err(internal)?;
         match private.as_deref() {
-            None => Err(ClientError::new(
+            None => Err(ServiceError::client(
                 ErrorCode::NotFound,
                 format!("no room {room}"),
             )),
             Some("1") if !member && !Identity::may_access(&c.grants, room.as_str()) => {
-                Err(ClientError::new(ErrorCode::Forbidden, "private room"))
+                Err(ServiceError::client(ErrorCode::Forbidden, "private room"))
             }
             _ => Ok(()),
         }
     }
 
-    async fn create(&self, c: &Caller, req: CreateReq) -> Result<Outcome, ClientError> {
+    async fn create(&self, c: &Caller, req: CreateReq) -> Result<Outcome, ServiceError> {
         let room = match &req.room {
             Some(r) => room_id(r)?,
             None => RoomId::generate(),
         };
         if req.private && !Identity::may_access(&c.grants, room.as_str()) {
-            return Err(ClientError::new(
+            return Err(ServiceError::client(
                 ErrorCode::Forbidden,
                 "creating a private room needs a `rooms` grant for its id in the token",
             ));
@@ -248,7 +253,7 @@ impl Rooms {
         let max = req.max_members.unwrap_or(0);
         let cap = self.cfg.max_members_cap;
         if cap > 0 && max > cap {
-            return Err(ClientError::new(
+            return Err(ServiceError::client(
                 ErrorCode::BadRequest,
                 format!("max_members is at most {cap}"),
             ));
@@ -268,7 +273,7 @@ impl Rooms {
         max: u32,
         private: bool,
         creator: &UserId,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), ServiceError> {
         let k = RoomKeys::new(tenant, room);
         let mut r = self.conn().await?;
         let created: i64 = scripts::CREATE
@@ -282,7 +287,7 @@ impl Rooms {
             .await
             .map_err(internal)?;
         if created == 0 {
-            return Err(ClientError::new(
+            return Err(ServiceError::client(
                 ErrorCode::AlreadyExists,
                 format!("room {room} exists"),
             ));
@@ -291,11 +296,11 @@ impl Rooms {
     }
 
     /// A private room that admits exactly `members` (plus token grants).
-    async fn create_for(&self, req: &Request) -> Result<Outcome, ClientError> {
+    async fn create_for(&self, req: &Request) -> Result<Outcome, ServiceError> {
         let tenant = TenantId::parse(&req.tenant)?;
         let body: CreateForReq = parse(req)?;
         if body.members.is_empty() || body.members.len() > 100 {
-            return Err(ClientError::new(
+            return Err(ServiceError::client(
                 ErrorCode::BadRequest,
                 "`members` takes 1 to 100 users",
             ));
@@ -324,7 +329,7 @@ impl Rooms {
         ))
     }
 
-    async fn join(&self, c: &Caller, req: JoinReq) -> Result<Outcome, ClientError> {
+    async fn join(&self, c: &Caller, req: JoinReq) -> Result<Outcome, ServiceError> {
         let room = room_id(&req.room)?;
         let k = RoomKeys::new(&c.tenant, &room);
         let index = format!("{}:{}", c.tenant, room);
@@ -352,19 +357,19 @@ impl Rooms {
         match status {
             1 => {}
             -1 => {
-                return Err(ClientError::new(
+                return Err(ServiceError::client(
                     ErrorCode::NotFound,
                     format!("no room {room}"),
                 ));
             }
             -2 => {
-                return Err(ClientError::new(
+                return Err(ServiceError::client(
                     ErrorCode::RoomFull,
                     format!("room {room} is full"),
                 ));
             }
             -3 => {
-                return Err(ClientError::new(
+                return Err(ServiceError::client(
                     ErrorCode::Forbidden,
                     "private room: the token has no grant for it",
                 ));
@@ -379,7 +384,7 @@ impl Rooms {
             .map_err(internal)?;
         if gone {
             self.leave_conn(&c.tenant, &room, &c.gw, c.conn).await;
-            return Err(ClientError::new(
+            return Err(ServiceError::client(
                 ErrorCode::NotFound,
                 "connection is closed",
             ));
@@ -430,7 +435,7 @@ impl Rooms {
         let mut r = self.conn().await.ok()?;
         let res: Result<(i64, i64, i64, String), _> = scripts::LEAVE
             .key(k.all().as_slice())
-            .arg(keys::conn_member(gw, conn))
+            .arg(ConnMember::new(gw, conn).to_string())
             .arg(self.cfg.idle_ttl_secs.max(1))
             .invoke_async(&mut r)
             .await;
@@ -470,7 +475,7 @@ impl Rooms {
         }
     }
 
-    async fn leave(&self, c: &Caller, req: RoomReq) -> Result<Outcome, ClientError> {
+    async fn leave(&self, c: &Caller, req: RoomReq) -> Result<Outcome, ServiceError> {
         let room = room_id(&req.room)?;
         let members = self
             .leave_conn(&c.tenant, &room, &c.gw, c.conn)
@@ -481,7 +486,7 @@ impl Rooms {
         Ok(out)
     }
 
-    async fn publish(&self, c: &Caller, req: PublishReq) -> Result<Outcome, ClientError> {
+    async fn publish(&self, c: &Caller, req: PublishReq) -> Result<Outcome, ServiceError> {
         let room = room_id(&req.room)?;
         let k = RoomKeys::new(&c.tenant, &room);
         let ts = now_ms();
@@ -509,7 +514,7 @@ impl Rooms {
             .map_err(internal)?;
         drop(r);
         if seq < 0 {
-            return Err(ClientError::new(
+            return Err(ServiceError::client(
                 ErrorCode::NotMember,
                 format!("join room {room} before publishing"),
             ));
@@ -526,7 +531,7 @@ impl Rooms {
         ))
     }
 
-    async fn members(&self, c: &Caller, req: RoomReq) -> Result<Outcome, ClientError> {
+    async fn members(&self, c: &Caller, req: RoomReq) -> Result<Outcome, ServiceError> {
         let room = room_id(&req.room)?;
         let k = RoomKeys::new(&c.tenant, &room);
         self.check_readable(c, &room, &k).await?;
@@ -545,7 +550,7 @@ impl Rooms {
         ))
     }
 
-    async fn info(&self, c: &Caller, req: RoomReq) -> Result<Outcome, ClientError> {
+    async fn info(&self, c: &Caller, req: RoomReq) -> Result<Outcome, ServiceError> {
         let room = room_id(&req.room)?;
         let k = RoomKeys::new(&c.tenant, &room);
         self.check_readable(c, &room, &k).await?;
@@ -568,14 +573,14 @@ impl Rooms {
         })))
     }
 
-    async fn history(&self, c: &Caller, req: HistoryReq) -> Result<Outcome, ClientError> {
+    async fn history(&self, c: &Caller, req: HistoryReq) -> Result<Outcome, ServiceError> {
         let room = room_id(&req.room)?;
         let k = RoomKeys::new(&c.tenant, &room);
         self.check_readable(c, &room, &k).await?;
         let limit = req.limit.unwrap_or(50).clamp(1, self.cfg.history_page_max);
         let read = match (req.after, req.before) {
             (Some(_), Some(_)) => {
-                return Err(ClientError::new(
+                return Err(ServiceError::client(
                     ErrorCode::BadRequest,
                     "give `after` or `before`, not both",
                 ));
@@ -631,7 +636,7 @@ impl Rooms {
         end: &str,
         count: u64,
         reverse: bool,
-    ) -> Result<Read, ClientError> {
+    ) -> Result<Read, ServiceError> {
         let mut r = self.conn().await?;
         let v: Value = scripts::READ
             .key(k.all().as_slice())
@@ -649,7 +654,7 @@ impl Rooms {
             return Err(internal("READ returned an unexpected shape"));
         };
         if as_int(status) == Some(-1) {
-            return Err(ClientError::new(ErrorCode::NotFound, "no such room"));
+            return Err(ServiceError::client(ErrorCode::NotFound, "no such room"));
         }
         let head = as_int(head).unwrap_or(0).max(0) as u64;
         let cutoff = now_ms().saturating_sub(self.cfg.history_ttl_secs * 1000);
@@ -687,7 +692,7 @@ impl Rooms {
         c: &Caller,
         room: &RoomId,
         k: &RoomKeys,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), ServiceError> {
         let mut r = self.conn().await?;
         let (exists, member): (bool, bool) = redis::pipe()
             .exists(&k.meta)
@@ -696,11 +701,11 @@ impl Rooms {
             .await
             .map_err(internal)?;
         match (exists, member) {
-            (false, _) => Err(ClientError::new(
+            (false, _) => Err(ServiceError::client(
                 ErrorCode::NotFound,
                 format!("no room {room}"),
             )),
-            (true, false) => Err(ClientError::new(
+            (true, false) => Err(ServiceError::client(
                 ErrorCode::NotMember,
                 format!("join room {room} first"),
             )),
@@ -708,7 +713,7 @@ impl Rooms {
         }
     }
 
-    async fn typing(&self, c: &Caller, req: TypingReq) -> Result<Outcome, ClientError> {
+    async fn typing(&self, c: &Caller, req: TypingReq) -> Result<Outcome, ServiceError> {
         let room = room_id(&req.room)?;
         let k = RoomKeys::new(&c.tenant, &room);
         self.require_member(c, &room, &k).await?;
@@ -807,7 +812,7 @@ impl Rooms {
         }
     }
 
-    async fn cursor(&self, c: &Caller, req: CursorReq) -> Result<Outcome, ClientError> {
+    async fn cursor(&self, c: &Caller, req: CursorReq) -> Result<Outcome, ServiceError> {
         let room = room_id(&req.room)?;
         let k = RoomKeys::new(&c.tenant, &room);
         self.require_member(c, &room, &k).await?;
@@ -822,10 +827,10 @@ impl Rooms {
         Ok(Outcome::json(&json!({"room": room.as_str()})))
     }
 
-    async fn mark(&self, c: &Caller, req: MarkReq) -> Result<Outcome, ClientError> {
+    async fn mark(&self, c: &Caller, req: MarkReq) -> Result<Outcome, ServiceError> {
         let room = room_id(&req.room)?;
         if req.delivered.is_none() && req.read.is_none() {
-            return Err(ClientError::new(
+            return Err(ServiceError::client(
                 ErrorCode::BadRequest,
                 "give `delivered` and/or `read`",
             ));
@@ -846,7 +851,7 @@ impl Rooms {
             return Err(internal("MARK returned an unexpected shape"));
         };
         if *status == -4 {
-            return Err(ClientError::new(
+            return Err(ServiceError::client(
                 ErrorCode::NotMember,
                 format!("join room {room} first"),
             ));
@@ -858,7 +863,7 @@ impl Rooms {
         Ok(Outcome::json(&data))
     }
 
-    async fn markers(&self, c: &Caller, req: RoomReq) -> Result<Outcome, ClientError> {
+    async fn markers(&self, c: &Caller, req: RoomReq) -> Result<Outcome, ServiceError> {
         let room = room_id(&req.room)?;
         let k = RoomKeys::new(&c.tenant, &room);
         self.check_readable(c, &room, &k).await?;
@@ -886,11 +891,11 @@ impl Rooms {
         ))
     }
 
-    async fn unread(&self, c: &Caller, req: UnreadReq) -> Result<Outcome, ClientError> {
+    async fn unread(&self, c: &Caller, req: UnreadReq) -> Result<Outcome, ServiceError> {
         let mut r = self.conn().await?;
         let rooms: Vec<String> = match req.rooms {
             Some(v) if v.len() > MAX_UNREAD_ROOMS => {
-                return Err(ClientError::new(
+                return Err(ServiceError::client(
                     ErrorCode::BadRequest,
                     format!("at most {MAX_UNREAD_ROOMS} rooms"),
                 ));
@@ -919,7 +924,7 @@ impl Rooms {
         Ok(Outcome::json(&json!({"rooms": out})))
     }
 
-    async fn react(&self, c: &Caller, req: ReactReq) -> Result<Outcome, ClientError> {
+    async fn react(&self, c: &Caller, req: ReactReq) -> Result<Outcome, ServiceError> {
         let room = room_id(&req.room)?;
         check_emoji(&req.emoji)?;
         let k = RoomKeys::new(&c.tenant, &room);
@@ -936,11 +941,11 @@ impl Rooms {
             .map_err(internal)?;
         drop(r);
         match res.as_slice() {
-            [-4, _] => Err(ClientError::new(
+            [-4, _] => Err(ServiceError::client(
                 ErrorCode::NotMember,
                 format!("join room {room} first"),
             )),
-            [-5, _] => Err(ClientError::new(
+            [-5, _] => Err(ServiceError::client(
                 ErrorCode::NotFound,
                 format!("no message {} in room {room}", req.seq),
             )),
@@ -960,7 +965,7 @@ impl Rooms {
         }
     }
 
-    async fn reactions(&self, c: &Caller, req: ReactionsReq) -> Result<Outcome, ClientError> {
+    async fn reactions(&self, c: &Caller, req: ReactionsReq) -> Result<Outcome, ServiceError> {
         let room = room_id(&req.room)?;
         let k = RoomKeys::new(&c.tenant, &room);
         self.check_readable(c, &room, &k).await?;
@@ -1097,7 +1102,7 @@ impl Service for Rooms {
         "rooms"
     }
 
-    async fn handle(&self, op: &str, req: Request) -> Result<Outcome, ClientError> {
+    async fn handle(&self, op: &str, req: Request) -> Result<Outcome, ServiceError> {
         if op == "_create_for" {
             // Internal: clients can never name ops starting with `_`.
             return self.create_for(&req).await;
@@ -1118,14 +1123,14 @@ impl Service for Rooms {
             "unread" => self.unread(&c, parse(&req)?).await,
             "react" => self.react(&c, parse(&req)?).await,
             "reactions" => self.reactions(&c, parse(&req)?).await,
-            other => Err(ClientError::new(
+            other => Err(ServiceError::client(
                 ErrorCode::UnknownOp,
                 format!("rooms has no op {other:?}"),
             )),
         }
     }
 
-    async fn replay(&self, req: ReplayRequest) -> Result<ReplayBatch, ClientError> {
+    async fn replay(&self, req: ReplayRequest) -> Result<ReplayBatch, ServiceError> {
         let tenant = TenantId::parse(&req.tenant)?;
         let room = room_id(&req.key)?;
         let k = RoomKeys::new(&tenant, &room);
@@ -1145,7 +1150,7 @@ impl Service for Rooms {
             .await
         {
             Ok(r) => r,
-            Err(e) if e.code == ErrorCode::NotFound => {
+            Err(e) if e.kind() == ErrorKind::Client(ErrorCode::NotFound) => {
                 return Ok(ReplayBatch {
                     gone: true,
                     ..ReplayBatch::default()
@@ -1168,15 +1173,10 @@ impl Service for Rooms {
         })
     }
 
-    async fn on_conn_event(&self, ev: ConnEvent) {
-        if ev.kind() != conn_event::Kind::Disconnected {
-            return;
+    async fn on_conn_event(&self, ev: ConnLifecycle) {
+        if let ConnLifecycle::Disconnected(c) = ev {
+            self.disconnected(&c.gw, c.conn).await;
         }
-        let Some(conn) = ev.conn else { return };
-        let Ok(gw) = GatewayId::parse(&conn.gateway) else {
-            return;
-        };
-        self.disconnected(&gw, conn.conn).await;
     }
 }
 

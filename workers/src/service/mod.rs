@@ -87,6 +87,10 @@ pub trait Service: Send + Sync + 'static {
 
     /// Handles one backend API request; the answer is the JSON reply.
     fn handle_api(&self, _subject: &str, _payload: Bytes) -> impl Future<Output = Bytes> + Send {
-        async { Bytes::from_static(br#"{"ok":false,"error":{"code":"unknown_op","message":"no such API"}}"#) }
+        async {
+            Bytes::from_static(
+                br#"{"ok":false,"error":{"code":"unknown_op","message":"no such API"}}"#,
+            )
+        }
     }
 }

@@ -38,10 +38,7 @@ pub async fn subscribe<S: Service>(
     let name = svc.name();
     let mut api = Vec::new();
     for subject in svc.api_subjects() {
-        api.push(
-            nats.queue_subscribe(*subject, name.to_owned())
-                .await?,
-        );
+        api.push(nats.queue_subscribe(*subject, name.to_owned()).await?);
     }
     Ok(Subscriptions {
         requests: nats
@@ -73,13 +70,14 @@ pub async fn serve<S: Service>(
     let Subscriptions {
         mut requests,
         mut events,
-        mut api,
+        api,
     } = subs;
     let limit = Arc::new(Semaphore::new(concurrency));
     tracing::info!(service = name, "serving");
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     let (mut requests_open, mut events_open) = (true, true);
     let mut api_open = !api.is_empty();
+    let mut api = futures::stream::select_all(api);
     while requests_open || events_open || api_open {
         let inbound = tokio::select! {
             _ = shutdown.cancelled(), if drain_deadline.is_none() => {
@@ -92,7 +90,7 @@ pub async fn serve<S: Service>(
                 if let Err(e) = events.drain().await {
                     tracing::warn!(service = name, error = %e, "draining connection events failed");
                 }
-                for sub in &mut api {
+                for sub in api.iter_mut() {
                     if let Err(e) = sub.drain().await {
                         tracing::warn!(service = name, error = %e, "draining the backend API failed");
                     }
@@ -108,7 +106,7 @@ pub async fn serve<S: Service>(
                 Some(m) => Inbound::Event(m),
                 None => { events_open = false; continue }
             },
-            msg = futures::stream::select_all(api.iter_mut()).next(), if api_open => match msg {
+            msg = api.next(), if api_open => match msg {
                 Some(m) => Inbound::Api(m),
                 None => { api_open = false; continue }
             },

@@ -21,17 +21,19 @@ use deadpool_redis::redis;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use switchboard_proto::bus::{ConnEvent, ReplayBatch, ReplayRequest, Request, conn_event};
+use switchboard_proto::bus::Request;
 use switchboard_shared::config::SignalingConfig;
-use switchboard_shared::error::{ClientError, ErrorCode};
+use switchboard_shared::error::ErrorCode;
 use switchboard_shared::ids::{RoomId, TenantId, UserId};
-use switchboard_shared::keys::{self, RoomKeys, UserKeys};
+use switchboard_shared::keys::{RoomKeys, UserKeys};
 use switchboard_shared::now_ms;
 use switchboard_shared::redis::Pool;
 
-use crate::service::{
-    Caller, Outcome, Service, conn_event_parts, event_frame, parse, push_to_conn, split_member,
-};
+use crate::error::ServiceError;
+use crate::service::push::event_to_conn;
+use crate::service::{Caller, Outcome, Service, parse};
+use switchboard_shared::conn_events::ConnLifecycle;
+use switchboard_shared::members::ConnMember;
 
 /// Calls still ringing, `<tenant>|<call>` by ring deadline (ms).
 const RINGING: &str = "sb:calls:ringing";
@@ -71,11 +73,11 @@ impl From<(i64, String, String, String, String, String)> for Transition {
 
 impl Transition {
     /// Maps a refused transition to the client's error.
-    fn check(&self, what: &str) -> Result<(), ClientError> {
+    fn check(&self, what: &str) -> Result<(), ServiceError> {
         match self.status {
             1 => Ok(()),
-            -1 | -2 => Err(ClientError::new(ErrorCode::NotFound, "no such call")),
-            _ => Err(ClientError::new(
+            -1 | -2 => Err(ServiceError::client(ErrorCode::NotFound, "no such call")),
+            _ => Err(ServiceError::client(
                 ErrorCode::Conflict,
                 format!("cannot {what} a call that is {}", self.state),
             )),
@@ -130,13 +132,15 @@ struct RoomSignalReq {
     data: Box<RawValue>,
 }
 
-fn internal(e: impl std::fmt::Display) -> ClientError {
-    tracing::error!(error = %e, "signaling: internal error");
-    ClientError::new(ErrorCode::Internal, "internal error")
+fn internal(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Script {
+        script: "signaling",
+        detail: e.to_string(),
+    }
 }
 
-fn bad(msg: impl Into<String>) -> ClientError {
-    ClientError::new(ErrorCode::BadRequest, msg)
+fn bad(msg: impl Into<String>) -> ServiceError {
+    ServiceError::bad_request(msg)
 }
 
 fn call_key(tenant: &TenantId, call: &str) -> String {
@@ -164,7 +168,7 @@ async fn bind_conn(
     entry: &str,
     member: &str,
     id: &str,
-) -> Result<(), ClientError> {
+) -> Result<(), ServiceError> {
     redis::pipe()
         .zrem(deadlines, entry)
         .ignore()
@@ -181,7 +185,7 @@ async fn claim_busy(
     key: &str,
     id: &str,
     secs: u64,
-) -> Result<bool, ClientError> {
+) -> Result<bool, ServiceError> {
     let set: Option<String> = redis::cmd("SET")
         .arg(key)
         .arg(id)
@@ -203,7 +207,7 @@ fn valid_call_id(id: &str) -> bool {
     id.len() == 30 && id.starts_with('c') && id[1..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn check_kind(kind: &str) -> Result<(), ClientError> {
+fn check_kind(kind: &str) -> Result<(), ServiceError> {
     if SIGNAL_KINDS.contains(&kind) {
         Ok(())
     } else {
@@ -216,18 +220,18 @@ impl Signaling {
         Self { nats, pool, cfg }
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, ClientError> {
+    async fn conn(&self) -> Result<deadpool_redis::Connection, ServiceError> {
         self.pool.get().await.map_err(internal)
     }
 
     async fn push(&self, member: &str, event: &str, data: Value) {
-        if let Some((gw, conn)) = split_member(member) {
-            push_to_conn(&self.nats, &gw, conn, event_frame(event, &data)).await;
+        if let Some(to) = ConnMember::parse(member) {
+            event_to_conn(&self.nats, &to, event, &data).await;
         }
     }
 
     /// A user's connected devices, as the presence service knows them.
-    async fn devices(&self, tenant: &TenantId, user: &UserId) -> Result<Vec<String>, ClientError> {
+    async fn devices(&self, tenant: &TenantId, user: &UserId) -> Result<Vec<String>, ServiceError> {
         let mut r = self.conn().await?;
         redis::cmd("HKEYS")
             .arg(UserKeys::new(tenant, user).presence_conns)
@@ -236,7 +240,7 @@ impl Signaling {
             .map_err(internal)
     }
 
-    async fn call(&self, c: &Caller, req: CallReq) -> Result<Outcome, ClientError> {
+    async fn call(&self, c: &Caller, req: CallReq) -> Result<Outcome, ServiceError> {
         let callee = UserId::parse(&req.to)?;
         if callee == c.user {
             return Err(bad("you cannot call yourself"));
@@ -251,7 +255,7 @@ impl Signaling {
         }
         let devices = self.devices(&c.tenant, &callee).await?;
         if devices.is_empty() {
-            return Err(ClientError::new(
+            return Err(ServiceError::client(
                 ErrorCode::NotFound,
                 format!("{callee} has no connected device"),
             ));
@@ -261,7 +265,7 @@ impl Signaling {
         let mut r = self.conn().await?;
         let me = claim_busy(&mut r, &busy_key(&c.tenant, &c.user), &id, hold_secs).await?;
         if !me {
-            return Err(ClientError::new(
+            return Err(ServiceError::client(
                 ErrorCode::Conflict,
                 "you are already in a call",
             ));
@@ -273,7 +277,7 @@ impl Signaling {
                 .arg(&id)
                 .invoke_async(&mut r)
                 .await;
-            return Err(ClientError::new(
+            return Err(ServiceError::client(
                 ErrorCode::Busy,
                 format!("{callee} is in another call"),
             ));
@@ -324,15 +328,18 @@ impl Signaling {
         ))
     }
 
-    fn call_id(req: &CallIdReq) -> Result<&str, ClientError> {
+    fn call_id(req: &CallIdReq) -> Result<&str, ServiceError> {
         if valid_call_id(&req.call) {
             Ok(&req.call)
         } else {
-            Err(ClientError::new(ErrorCode::InvalidId, "malformed call id"))
+            Err(ServiceError::client(
+                ErrorCode::InvalidId,
+                "malformed call id",
+            ))
         }
     }
 
-    async fn accept(&self, c: &Caller, req: CallIdReq) -> Result<Outcome, ClientError> {
+    async fn accept(&self, c: &Caller, req: CallIdReq) -> Result<Outcome, ServiceError> {
         let id = Self::call_id(&req)?.to_owned();
         let mut r = self.conn().await?;
         let t: Transition = scripts::ACCEPT
@@ -380,7 +387,7 @@ impl Signaling {
         role: &str,
         require_state: &str,
         reason: &str,
-    ) -> Result<Transition, ClientError> {
+    ) -> Result<Transition, ServiceError> {
         let mut r = self.conn().await?;
         let t: Transition = scripts::FINISH
             .key(call_key(tenant, id))
@@ -461,7 +468,7 @@ impl Signaling {
         role: &str,
         state: &str,
         reason: &str,
-    ) -> Result<Outcome, ClientError> {
+    ) -> Result<Outcome, ServiceError> {
         let id = Self::call_id(&req)?.to_owned();
         let t = self
             .finish(&c.tenant, &id, c.user.as_str(), role, state, reason)
@@ -476,7 +483,7 @@ impl Signaling {
         ))
     }
 
-    async fn signal(&self, c: &Caller, req: SignalReq) -> Result<Outcome, ClientError> {
+    async fn signal(&self, c: &Caller, req: SignalReq) -> Result<Outcome, ServiceError> {
         let id = Self::call_id(&CallIdReq {
             call: req.call.clone(),
         })?
@@ -507,16 +514,16 @@ impl Signaling {
         } else if callee_conn.as_deref() == Some(me.as_str()) {
             caller_conn.clone()
         } else {
-            return Err(ClientError::new(ErrorCode::NotFound, "no such call"));
+            return Err(ServiceError::client(ErrorCode::NotFound, "no such call"));
         };
         if state.as_deref() != Some("active") {
-            return Err(ClientError::new(
+            return Err(ServiceError::client(
                 ErrorCode::Conflict,
                 "signals flow only in an active call",
             ));
         }
         let Some(to) = to.filter(|t| !t.is_empty()) else {
-            return Err(ClientError::new(
+            return Err(ServiceError::client(
                 ErrorCode::Conflict,
                 "the other party is reconnecting",
             ));
@@ -531,7 +538,7 @@ impl Signaling {
         Ok(Outcome::json(&json!({"call": id, "relayed": true})))
     }
 
-    async fn resume(&self, c: &Caller, req: CallIdReq) -> Result<Outcome, ClientError> {
+    async fn resume(&self, c: &Caller, req: CallIdReq) -> Result<Outcome, ServiceError> {
         let id = Self::call_id(&req)?.to_owned();
         let mut r = self.conn().await?;
         let t: Transition = scripts::RESUME
@@ -578,7 +585,7 @@ impl Signaling {
         ))
     }
 
-    async fn history(&self, c: &Caller, req: HistoryReq) -> Result<Outcome, ClientError> {
+    async fn history(&self, c: &Caller, req: HistoryReq) -> Result<Outcome, ServiceError> {
         let limit = req.limit.unwrap_or(20).clamp(1, 100);
         let mut r = self.conn().await?;
         let ids: Vec<String> = redis::cmd("LRANGE")
@@ -626,7 +633,7 @@ impl Signaling {
         Ok(Outcome::json(&json!({"calls": out})))
     }
 
-    async fn rate(&self, c: &Caller, req: RateReq) -> Result<Outcome, ClientError> {
+    async fn rate(&self, c: &Caller, req: RateReq) -> Result<Outcome, ServiceError> {
         let id = Self::call_id(&CallIdReq {
             call: req.call.clone(),
         })?
@@ -654,10 +661,10 @@ impl Signaling {
         };
         let me = Some(c.user.to_string());
         if state.is_none() || (*caller != me && *callee != me) {
-            return Err(ClientError::new(ErrorCode::NotFound, "no such call"));
+            return Err(ServiceError::client(ErrorCode::NotFound, "no such call"));
         }
         if state.as_deref() != Some("ended") {
-            return Err(ClientError::new(
+            return Err(ServiceError::client(
                 ErrorCode::Conflict,
                 "rate a call after it ends",
             ));
@@ -673,7 +680,7 @@ impl Signaling {
     }
 
     /// Mesh signaling in a room: relay to a member's connections in it.
-    async fn room_signal(&self, c: &Caller, req: RoomSignalReq) -> Result<Outcome, ClientError> {
+    async fn room_signal(&self, c: &Caller, req: RoomSignalReq) -> Result<Outcome, ServiceError> {
         let room = RoomId::parse(&req.room)?;
         let to = UserId::parse(&req.to)?;
         check_kind(&req.kind)?;
@@ -693,7 +700,7 @@ impl Signaling {
         drop(r);
         let me = c.member();
         if !conns.iter().any(|(m, _)| *m == me) {
-            return Err(ClientError::new(
+            return Err(ServiceError::client(
                 ErrorCode::NotMember,
                 format!("join room {room} first"),
             ));
@@ -704,7 +711,7 @@ impl Signaling {
             .map(|(m, _)| m)
             .collect();
         if targets.is_empty() {
-            return Err(ClientError::new(
+            return Err(ServiceError::client(
                 ErrorCode::NotMember,
                 format!("{to} is not in room {room}"),
             ));
@@ -866,7 +873,7 @@ impl Service for Signaling {
         "signaling"
     }
 
-    async fn handle(&self, op: &str, req: Request) -> Result<Outcome, ClientError> {
+    async fn handle(&self, op: &str, req: Request) -> Result<Outcome, ServiceError> {
         let c = Caller::from_request(&req)?;
         match op {
             "call" => self.call(&c, parse(&req)?).await,
@@ -888,23 +895,16 @@ impl Service for Signaling {
             "history" => self.history(&c, parse(&req)?).await,
             "rate" => self.rate(&c, parse(&req)?).await,
             "room_signal" => self.room_signal(&c, parse(&req)?).await,
-            other => Err(ClientError::new(
+            other => Err(ServiceError::client(
                 ErrorCode::UnknownOp,
                 format!("signaling has no op {other:?}"),
             )),
         }
     }
 
-    async fn replay(&self, _req: ReplayRequest) -> Result<ReplayBatch, ClientError> {
-        Err(ClientError::new(
-            ErrorCode::UnknownOp,
-            "signaling has no feeds",
-        ))
-    }
-
-    async fn on_conn_event(&self, ev: ConnEvent) {
-        if let Some((conn_event::Kind::Disconnected, gw, conn, tenant, _)) = conn_event_parts(&ev) {
-            self.disconnected(&tenant, &keys::conn_member(&gw, conn))
+    async fn on_conn_event(&self, ev: ConnLifecycle) {
+        if let ConnLifecycle::Disconnected(c) = ev {
+            self.disconnected(&c.tenant, &ConnMember::new(&c.gw, c.conn).to_string())
                 .await;
         }
     }
@@ -921,9 +921,9 @@ mod tests {
         assert!(!valid_call_id("c123"));
         assert!(!valid_call_id(&format!("x{}", &id[1..])));
         assert_eq!(
-            split_member("gw-abc:12").map(|(g, c)| (g.to_string(), c)),
+            ConnMember::parse("gw-abc:12").map(|m| (m.gw.to_string(), m.conn)),
             Some(("gw-abc".into(), 12))
         );
-        assert!(split_member("nope").is_none());
+        assert!(ConnMember::parse("nope").is_none());
     }
 }
