@@ -10,6 +10,7 @@
 //! - Live fan-out is one NATS message per room on `sb.room.<tenant>.<room>`;
 //!   gateways restore seq order and fill gaps through `_replay`.
 
+pub mod access;
 mod scripts;
 
 use deadpool_redis::redis::{self, Value};
@@ -210,33 +211,6 @@ impl Rooms {
             echo: false,
         };
         self.push(tenant, room, push).await;
-    }
-
-    /// Whether the caller may read a room: public rooms are open to the whole
-    /// app; private ones need a grant or membership.
-    async fn check_readable(
-        &self,
-        c: &Caller,
-        room: &RoomId,
-        k: &RoomKeys,
-    ) -> Result<(), ServiceError> {
-        let mut r = self.conn().await?;
-        let (private, member): (Option<String>, bool) = redis::pipe()
-            .hget(&k.meta, "private")
-            .hexists(&k.conns, c.member())
-            .query_async(&mut r)
-            .await
-            .map_err(internal)?;
-        match private.as_deref() {
-            None => Err(ServiceError::client(
-                ErrorCode::NotFound,
-                format!("no room {room}"),
-            )),
-            Some("1") if !member && !Identity::may_access(&c.grants, room.as_str()) => {
-                Err(ServiceError::client(ErrorCode::Forbidden, "private room"))
-            }
-            _ => Ok(()),
-        }
     }
 
     async fn create(&self, c: &Caller, req: CreateReq) -> Result<Outcome, ServiceError> {
@@ -534,7 +508,7 @@ impl Rooms {
     async fn members(&self, c: &Caller, req: RoomReq) -> Result<Outcome, ServiceError> {
         let room = room_id(&req.room)?;
         let k = RoomKeys::new(&c.tenant, &room);
-        self.check_readable(c, &room, &k).await?;
+        access::check_readable(&mut self.conn().await?, c, &room).await?;
         let mut r = self.conn().await?;
         let users: Vec<(String, i64)> = redis::cmd("HGETALL")
             .arg(&k.users)
@@ -553,7 +527,7 @@ impl Rooms {
     async fn info(&self, c: &Caller, req: RoomReq) -> Result<Outcome, ServiceError> {
         let room = room_id(&req.room)?;
         let k = RoomKeys::new(&c.tenant, &room);
-        self.check_readable(c, &room, &k).await?;
+        access::check_readable(&mut self.conn().await?, c, &room).await?;
         let mut r = self.conn().await?;
         let (meta, members): (std::collections::HashMap<String, String>, i64) = redis::pipe()
             .hgetall(&k.meta)
@@ -576,7 +550,7 @@ impl Rooms {
     async fn history(&self, c: &Caller, req: HistoryReq) -> Result<Outcome, ServiceError> {
         let room = room_id(&req.room)?;
         let k = RoomKeys::new(&c.tenant, &room);
-        self.check_readable(c, &room, &k).await?;
+        access::check_readable(&mut self.conn().await?, c, &room).await?;
         let limit = req.limit.unwrap_or(50).clamp(1, self.cfg.history_page_max);
         let read = match (req.after, req.before) {
             (Some(_), Some(_)) => {
@@ -687,36 +661,9 @@ impl Rooms {
         self.push(&c.tenant, room, push).await;
     }
 
-    async fn require_member(
-        &self,
-        c: &Caller,
-        room: &RoomId,
-        k: &RoomKeys,
-    ) -> Result<(), ServiceError> {
-        let mut r = self.conn().await?;
-        let (exists, member): (bool, bool) = redis::pipe()
-            .exists(&k.meta)
-            .hexists(&k.conns, c.member())
-            .query_async(&mut r)
-            .await
-            .map_err(internal)?;
-        match (exists, member) {
-            (false, _) => Err(ServiceError::client(
-                ErrorCode::NotFound,
-                format!("no room {room}"),
-            )),
-            (true, false) => Err(ServiceError::client(
-                ErrorCode::NotMember,
-                format!("join room {room} first"),
-            )),
-            (true, true) => Ok(()),
-        }
-    }
-
     async fn typing(&self, c: &Caller, req: TypingReq) -> Result<Outcome, ServiceError> {
         let room = room_id(&req.room)?;
-        let k = RoomKeys::new(&c.tenant, &room);
-        self.require_member(c, &room, &k).await?;
+        access::require_member(&mut self.conn().await?, c, &room).await?;
         let entry = format!("{}|{}|{}", c.tenant, room, c.user);
         let mut r = self.conn().await?;
         let cmd = if req.typing {
@@ -814,8 +761,7 @@ impl Rooms {
 
     async fn cursor(&self, c: &Caller, req: CursorReq) -> Result<Outcome, ServiceError> {
         let room = room_id(&req.room)?;
-        let k = RoomKeys::new(&c.tenant, &room);
-        self.require_member(c, &room, &k).await?;
+        access::require_member(&mut self.conn().await?, c, &room).await?;
         let data: serde_json::Value = serde_json::from_str(req.data.get()).map_err(internal)?;
         self.signal(
             c,
@@ -866,7 +812,7 @@ impl Rooms {
     async fn markers(&self, c: &Caller, req: RoomReq) -> Result<Outcome, ServiceError> {
         let room = room_id(&req.room)?;
         let k = RoomKeys::new(&c.tenant, &room);
-        self.check_readable(c, &room, &k).await?;
+        access::check_readable(&mut self.conn().await?, c, &room).await?;
         let mut r = self.conn().await?;
         type Markers = std::collections::HashMap<String, u64>;
         let (read, delivered, head): (Markers, Markers, Option<u64>) = redis::pipe()
@@ -968,7 +914,7 @@ impl Rooms {
     async fn reactions(&self, c: &Caller, req: ReactionsReq) -> Result<Outcome, ServiceError> {
         let room = room_id(&req.room)?;
         let k = RoomKeys::new(&c.tenant, &room);
-        self.check_readable(c, &room, &k).await?;
+        access::check_readable(&mut self.conn().await?, c, &room).await?;
         let mut r = self.conn().await?;
         let pattern = format!("{}|*", req.seq);
         let mut cursor: u64 = 0;
