@@ -189,6 +189,33 @@ impl Client {
         )
     }
 
+    /// The next push, or `None` once the connection has ended (closed,
+    /// reset or killed): for tests that outlive their gateway.
+    pub async fn event_or_end(&mut self) -> Option<(String, Value)> {
+        if let Some(e) = self.events.pop_front() {
+            return Some((e["event"].as_str()?.to_owned(), e["data"].clone()));
+        }
+        loop {
+            let m = match tokio::time::timeout(WAIT, self.ws.next()).await {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(_)) | None) => return None,
+                Err(_) => panic!("nothing received within {WAIT:?}"),
+            };
+            match m {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(t.as_str())
+                        .unwrap_or_else(|e| panic!("server sent bad JSON {t}: {e}"));
+                    match v["event"].as_str() {
+                        Some(name) => return Some((name.to_owned(), v["data"].clone())),
+                        None => self.replies.push_back(v),
+                    }
+                }
+                Message::Close(_) => return None,
+                _ => {}
+            }
+        }
+    }
+
     async fn next_json(&mut self) -> Value {
         loop {
             let m = match tokio::time::timeout(WAIT, self.ws.next()).await {
