@@ -17,6 +17,7 @@
 pub mod conn;
 pub mod feeds;
 pub mod handshake;
+pub mod limits;
 pub mod protocol;
 pub mod registry;
 pub mod router;

@@ -29,6 +29,7 @@ pub struct Config {
     pub notifications: NotificationsConfig,
     pub signaling: SignalingConfig,
     pub matchmaking: MatchmakingConfig,
+    pub limits: crate::limits::LimitsConfig,
     pub log: LogConfig,
 }
 
@@ -342,6 +343,9 @@ pub enum ConfigError {
     Parse(#[from] Box<figment::Error>),
     #[error("configuration key `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+    /// Like `Invalid`, for keys named at run time (map entries).
+    #[error("configuration key `{key}`: {message}")]
+    InvalidSetting { key: String, message: String },
 }
 
 impl Config {
@@ -370,6 +374,12 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid =
             |key: &'static str, message: String| Err(ConfigError::Invalid { key, message });
+        if let Some((key, why)) = self.limits.invalid() {
+            return Err(ConfigError::InvalidSetting {
+                key,
+                message: why.into(),
+            });
+        }
         if self.auth.algorithms.is_empty() {
             return invalid(
                 "auth.algorithms",

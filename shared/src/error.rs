@@ -33,12 +33,17 @@ pub enum ErrorCode {
     /// The operation does not fit the target's current state (e.g. answering
     /// a call that has ended).
     Conflict,
+    /// A limit on request rates was hit; the error says when to retry
+    /// (`retry_after_ms`).
+    RateLimited,
+    /// A dependency (the bus, the store) is down: try again shortly.
+    Unavailable,
     /// Something failed on our side.
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 16] = [
         Self::BadRequest,
         Self::UnknownOp,
         Self::InvalidId,
@@ -52,6 +57,8 @@ impl ErrorCode {
         Self::ServiceUnavailable,
         Self::Busy,
         Self::Conflict,
+        Self::RateLimited,
+        Self::Unavailable,
         Self::Internal,
     ];
 
@@ -70,6 +77,8 @@ impl ErrorCode {
             Self::ServiceUnavailable => "service_unavailable",
             Self::Busy => "busy",
             Self::Conflict => "conflict",
+            Self::RateLimited => "rate_limited",
+            Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }
     }

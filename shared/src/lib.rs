@@ -13,6 +13,7 @@ pub mod error;
 pub mod frames;
 pub mod ids;
 pub mod keys;
+pub mod limits;
 pub mod members;
 pub mod redis;
 pub mod subjects;
