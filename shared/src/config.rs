@@ -45,6 +45,9 @@ pub struct NatsConfig {
 pub struct RedisConfig {
     pub url: String,
     pub pool_size: usize,
+    /// Longest wait for a pooled connection (or a new one) before a request
+    /// fails as `unavailable`.
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -214,6 +217,7 @@ impl Default for RedisConfig {
         Self {
             url: "redis://127.0.0.1:6379".into(),
             pool_size: 16,
+            timeout_ms: 2_000,
         }
     }
 }

@@ -17,7 +17,14 @@ pub enum RedisError {
 /// Builds a pool and checks that Redis answers.
 pub async fn connect(cfg: &RedisConfig) -> Result<Pool, RedisError> {
     let mut pc = deadpool_redis::Config::from_url(cfg.url.clone());
-    pc.pool = Some(deadpool_redis::PoolConfig::new(cfg.pool_size));
+    let mut pool = deadpool_redis::PoolConfig::new(cfg.pool_size);
+    let timeout = Some(std::time::Duration::from_millis(cfg.timeout_ms.max(1)));
+    pool.timeouts = deadpool_redis::Timeouts {
+        wait: timeout,
+        create: timeout,
+        recycle: timeout,
+    };
+    pc.pool = Some(pool);
     let pool = pc.create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
     let mut conn = pool.get().await?;
     let _: String = deadpool_redis::redis::cmd("PING")

@@ -83,10 +83,15 @@ impl ServiceError {
         }
     }
 
-    /// What the client is told. Failures that are ours carry no detail.
+    /// What the client is told. Failures that are ours carry no detail; an
+    /// outage of a dependency is `unavailable`, so the client retries.
     pub fn to_client(&self) -> ClientError {
-        match self {
-            Self::Client(e) => e.clone(),
+        match (self, self.kind()) {
+            (Self::Client(e), _) => e.clone(),
+            (_, ErrorKind::Unavailable) => ClientError::new(
+                ErrorCode::Unavailable,
+                "a backing service is unavailable; retry shortly",
+            ),
             _ => ClientError::new(ErrorCode::Internal, "internal error"),
         }
     }
@@ -130,7 +135,9 @@ mod tests {
             std::io::ErrorKind::ConnectionRefused,
             "refused",
         ));
-        assert_eq!(ServiceError::from(io).kind(), ErrorKind::Unavailable);
+        let io = ServiceError::from(io);
+        assert_eq!(io.kind(), ErrorKind::Unavailable);
+        assert_eq!(io.to_client().code, ErrorCode::Unavailable);
         let id = switchboard_shared::ids::RoomId::parse("a.b").map_err(ServiceError::from);
         assert!(matches!(
             id.map_err(|e| e.kind()),
