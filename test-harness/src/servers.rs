@@ -202,7 +202,7 @@ impl NatsServer {
     /// Starts `nats-server` on a free loopback port and waits until it sends its
     /// `INFO` line.
     pub fn start() -> Result<NatsServer, HarnessError> {
-        ServerProcess::start(Flavor::Nats).map(|process| NatsServer { process })
+        ServerProcess::start(Flavor::Nats, false).map(|process| NatsServer { process })
     }
 
     /// Client URL, e.g. `nats://127.0.0.1:4567`.
@@ -231,6 +231,17 @@ impl NatsServer {
     pub fn restart(&mut self) -> Result<(), HarnessError> {
         self.process.restart()
     }
+
+    /// Kills the server (an outage): clients see connections drop and
+    /// reconnects refused until [`resume`](Self::resume).
+    pub fn stop(&mut self) -> Result<(), HarnessError> {
+        self.process.stop()
+    }
+
+    /// Starts the server again on the same port after [`stop`](Self::stop).
+    pub fn resume(&mut self) -> Result<(), HarnessError> {
+        self.process.resume()
+    }
 }
 
 /// A running `redis-server` on `127.0.0.1` without persistence, killed when dropped.
@@ -243,7 +254,25 @@ impl RedisServer {
     /// Starts `redis-server` on a free loopback port and waits until it answers
     /// `PING` with `+PONG`.
     pub fn start() -> Result<RedisServer, HarnessError> {
-        ServerProcess::start(Flavor::Redis).map(|process| RedisServer { process })
+        ServerProcess::start(Flavor::Redis, false).map(|process| RedisServer { process })
+    }
+
+    /// Starts `redis-server` with an append-only file synced on every write,
+    /// so what was stored survives [`stop`](Self::stop) and
+    /// [`resume`](Self::resume), as with a production Redis.
+    pub fn start_durable() -> Result<RedisServer, HarnessError> {
+        ServerProcess::start(Flavor::Redis, true).map(|process| RedisServer { process })
+    }
+
+    /// Kills the server (an outage): clients see connections drop and
+    /// reconnects refused until [`resume`](Self::resume).
+    pub fn stop(&mut self) -> Result<(), HarnessError> {
+        self.process.stop()
+    }
+
+    /// Starts the server again on the same port after [`stop`](Self::stop).
+    pub fn resume(&mut self) -> Result<(), HarnessError> {
+        self.process.resume()
     }
 
     /// Client URL, e.g. `redis://127.0.0.1:4567`.
@@ -312,6 +341,9 @@ impl Flavor {
 #[derive(Debug)]
 struct ServerProcess {
     flavor: Flavor,
+    /// Redis only: an append-only file synced on every write, so data
+    /// survives [`RedisServer::stop`] and [`RedisServer::resume`].
+    durable: bool,
     binary: PathBuf,
     dir: PathBuf,
     port: u16,
@@ -321,10 +353,10 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn start(flavor: Flavor) -> Result<Self, HarnessError> {
+    fn start(flavor: Flavor, durable: bool) -> Result<Self, HarnessError> {
         let binary = locate_binary(flavor)?;
         let dir = create_temp_dir(flavor)?;
-        match start_on_free_port(flavor, &binary, &dir) {
+        match start_on_free_port(flavor, durable, &binary, &dir) {
             Ok((child, port)) => {
                 let pid = child.id();
                 tracing::debug!(
@@ -336,6 +368,7 @@ impl ServerProcess {
                 );
                 Ok(Self {
                     flavor,
+                    durable,
                     binary,
                     dir,
                     port,
@@ -364,11 +397,25 @@ impl ServerProcess {
 
     fn restart(&mut self) -> Result<(), HarnessError> {
         self.stop()?;
+        self.resume()
+    }
+
+    /// Starts the server again on its port and directory after [`Self::stop`].
+    fn resume(&mut self) -> Result<(), HarnessError> {
+        if self.child.is_some() {
+            return Ok(());
+        }
         // The old listening socket is gone once the process has been reaped, but give
         // the kernel (and any racing process) a moment if the bind fails anyway.
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            match launch(self.flavor, &self.binary, &self.dir, self.port) {
+            match launch(
+                self.flavor,
+                self.durable,
+                &self.binary,
+                &self.dir,
+                self.port,
+            ) {
                 Ok(child) => {
                     self.pid = child.id();
                     self.child = Some(child);
@@ -438,13 +485,14 @@ fn remove_dir(dir: &Path) {
 /// Starts the server on a fresh free port, retrying on a port clash.
 fn start_on_free_port(
     flavor: Flavor,
+    durable: bool,
     binary: &Path,
     dir: &Path,
 ) -> Result<(Child, u16), HarnessError> {
     let mut attempt = 1;
     loop {
         let port = free_port()?;
-        match launch(flavor, binary, dir, port) {
+        match launch(flavor, durable, binary, dir, port) {
             Ok(child) => return Ok((child, port)),
             Err(err) if err.kind() == HarnessErrorKind::PortInUse && attempt < START_ATTEMPTS => {
                 tracing::debug!(attempt, error = %err, "port clash, retrying on another port");
@@ -556,7 +604,13 @@ fn is_executable(path: &Path) -> bool {
 
 /// Spawns one server process on `port` and waits until it is ready. On failure the
 /// process is killed and reaped before the error is returned.
-fn launch(flavor: Flavor, binary: &Path, dir: &Path, port: u16) -> Result<Child, HarnessError> {
+fn launch(
+    flavor: Flavor,
+    durable: bool,
+    binary: &Path,
+    dir: &Path,
+    port: u16,
+) -> Result<Child, HarnessError> {
     let name = format!("sb-harness-{}", unique_suffix());
     let log_path = dir.join(LOG_FILE);
     let log = File::create(&log_path).map_err(|source| HarnessError::TempDir {
@@ -587,7 +641,12 @@ fn launch(flavor: Flavor, binary: &Path, dir: &Path, port: u16) -> Result<Child,
         Flavor::Redis => {
             command
                 .args(["--port", &port_arg, "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .args(["--save", "", "--daemonize", "no"])
+                .args(if durable {
+                    ["--appendonly", "yes", "--appendfsync", "always"]
+                } else {
+                    ["--appendonly", "no", "--appendfsync", "everysec"]
+                })
                 .arg("--dir")
                 .arg(dir);
         }
@@ -989,7 +1048,7 @@ mod tests {
         for flavor in [Flavor::Nats, Flavor::Redis] {
             let binary = locate_binary(flavor)?;
             let dir = create_temp_dir(flavor)?;
-            let result = launch(flavor, &binary, &dir, port);
+            let result = launch(flavor, false, &binary, &dir, port);
             remove_dir(&dir);
             let err = match result {
                 Ok(_) => return Err(format!("{flavor:?} started on a taken port").into()),

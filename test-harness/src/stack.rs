@@ -26,6 +26,16 @@ impl Stack {
         Self { nats, redis }
     }
 
+    /// Like [`Stack::start`], with a Redis that keeps its data across
+    /// [`RedisServer::stop`](crate::RedisServer::stop) and `resume` (for
+    /// outage tests).
+    pub fn start_durable() -> Self {
+        init_logs();
+        let nats = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let redis = RedisServer::start_durable().unwrap_or_else(|e| panic!("{e}"));
+        Self { nats, redis }
+    }
+
     /// A config pointing at this stack, with test-friendly timings.
     pub fn config(&self) -> Config {
         let mut cfg = Config::default();
