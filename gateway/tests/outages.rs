@@ -1,0 +1,248 @@
+//! Outages of NATS and Redis, and a gateway the cluster declared dead while
+//! it was only paused. Requests during an outage fail promptly as
+//! `unavailable`; afterwards the cluster's view of connections converges
+//! (connects and disconnects that happened meanwhile are repaired), and
+//! nothing stored is lost.
+
+// Test helpers panic on failure: that is how a test reports it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchboard_shared::config::Config;
+use switchboard_test_harness::stack::token;
+use switchboard_test_harness::{Client, Gateway, GatewayProcess, Stack, Workers};
+
+const SERVICES: &[&str] = &["rooms", "presence", "notifications"];
+
+/// Test timings: heartbeats every 300 ms, a gateway dead after 1.5 s.
+fn config(stack: &Stack) -> Config {
+    let mut cfg = stack.config();
+    cfg.gateway.heartbeat_interval_ms = 300;
+    cfg.presence.gateway_dead_after_ms = 1_500;
+    cfg.presence.reap_interval_ms = 200;
+    cfg.redis.timeout_ms = 500;
+    cfg.gateway.request_timeout_ms = 3_000;
+    cfg
+}
+
+/// How long the cluster may take to notice a repaired connection: two
+/// heartbeats to see the difference, one round to repair it, and slack for
+/// clients reconnecting to NATS.
+fn convergence_bound(cfg: &Config) -> Duration {
+    Duration::from_millis(4 * cfg.gateway.heartbeat_interval_ms) + Duration::from_secs(4)
+}
+
+async fn connect(url: &str, cfg: &Config, user: &str) -> Client {
+    Client::connect(url, &token(cfg, "demo", user))
+        .await
+        .unwrap()
+}
+
+async fn presence_until(c: &mut Client, user: &str, status: &str) {
+    loop {
+        let p = c.event("presence").await;
+        if p["user"] == user && p["status"] == status {
+            return;
+        }
+    }
+}
+
+async fn send(nats: &async_nats::Client, req: Value) -> Value {
+    let msg = tokio::time::timeout(
+        Duration::from_secs(10),
+        nats.request("sb.api.notifications.send", req.to_string().into()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    serde_json::from_slice(&msg.payload).unwrap()
+}
+
+async fn http_status(url: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.trim_start_matches("http://");
+    let (addr, path) = rest.split_once('/').unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET /{path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Polls `f` until it is true, failing after `bound`. For states that
+/// produce no event to wait on (an HTTP status).
+async fn eventually(bound: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + bound;
+    while !f().await {
+        assert!(Instant::now() < deadline, "not within {bound:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_connects_while_redis_is_down_is_repaired_when_it_returns() {
+    let mut stack = Stack::start_durable();
+    let cfg = config(&stack);
+    let _w = Workers::start(cfg.clone(), SERVICES).await;
+    let gw = Gateway::start(cfg.clone()).await;
+    let nats = stack.nats_client().await;
+    let mut watcher = connect(&gw.ws_url(), &cfg, "watcher").await;
+    watcher
+        .ok("presence.subscribe", json!({"users": ["alice"]}))
+        .await;
+    // Something stored before the outage must survive it.
+    assert_eq!(
+        send(
+            &nats,
+            json!({"app": "demo", "to": {"user": "alice"}, "type": "before"})
+        )
+        .await["ok"],
+        true
+    );
+
+    stack.redis.stop().unwrap();
+    eventually(Duration::from_secs(5), async || {
+        http_status(&gw.http_url("/readyz")).await == 503
+    })
+    .await;
+    let mut alice = connect(&gw.ws_url(), &cfg, "alice").await;
+    let asked = Instant::now();
+    let e = alice.err("presence.set", json!({"status": "busy"})).await;
+    assert_eq!(e, "unavailable");
+    assert!(
+        asked.elapsed() < Duration::from_millis(2_500),
+        "took {:?}",
+        asked.elapsed()
+    );
+
+    stack.redis.resume().unwrap();
+    let back = Instant::now();
+    // Alice's connect, lost during the outage, is repaired: watchers see her,
+    // she gets what was stored for her and live notifications reach her.
+    presence_until(&mut watcher, "alice", "online").await;
+    assert!(
+        back.elapsed() < convergence_bound(&cfg),
+        "took {:?}",
+        back.elapsed()
+    );
+    let pending = alice.event("notifications").await;
+    assert_eq!(pending["items"][0]["type"], "before", "{pending}");
+    assert_eq!(
+        send(
+            &nats,
+            json!({"app": "demo", "to": {"user": "alice"}, "type": "after"})
+        )
+        .await["ok"],
+        true
+    );
+    assert_eq!(alice.event("notification").await["type"], "after");
+    eventually(Duration::from_secs(5), async || {
+        http_status(&gw.http_url("/readyz")).await == 200
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_while_nats_is_down_is_forgotten_when_it_returns() {
+    let mut stack = Stack::start();
+    let cfg = config(&stack);
+    let _w = Workers::start(cfg.clone(), SERVICES).await;
+    let gw = Gateway::start(cfg.clone()).await;
+    let mut carol = connect(&gw.ws_url(), &cfg, "carol").await;
+    carol.ok("rooms.create", json!({"room": "r"})).await;
+    carol.ok("rooms.join", json!({"room": "r"})).await;
+    carol
+        .ok("presence.subscribe", json!({"users": ["bob"]}))
+        .await;
+    let mut bob = connect(&gw.ws_url(), &cfg, "bob").await;
+    bob.ok("rooms.join", json!({"room": "r"})).await;
+    assert_eq!(carol.event("member_joined").await["user"], "bob");
+    presence_until(&mut carol, "bob", "online").await;
+
+    stack.nats.stop().unwrap();
+    // While the bus is down: requests fail at once, readiness is false and
+    // new connections are refused.
+    let asked = Instant::now();
+    assert_eq!(
+        carol.err("rooms.info", json!({"room": "r"})).await,
+        "unavailable"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(http_status(&gw.http_url("/readyz")).await, 503);
+    let refused = Client::connect(&gw.ws_url(), &token(&cfg, "demo", "dave")).await;
+    assert_eq!(refused.err().and_then(|e| e.status()), Some(503));
+    bob.close().await;
+
+    stack.nats.resume().unwrap();
+    let back = Instant::now();
+    let left = carol.event("member_left").await;
+    assert_eq!(left["user"], "bob");
+    presence_until(&mut carol, "bob", "offline").await;
+    assert!(
+        back.elapsed() < convergence_bound(&cfg),
+        "took {:?}",
+        back.elapsed()
+    );
+    // And the room works again.
+    let mut dave = connect(&gw.ws_url(), &cfg, "dave").await;
+    dave.ok("rooms.join", json!({"room": "r"})).await;
+    dave.ok("rooms.publish", json!({"room": "r", "data": 1}))
+        .await;
+    assert_eq!(carol.event("message").await["data"], 1);
+}
+
+#[tokio::test]
+async fn a_gateway_declared_dead_while_paused_resets_its_connections_when_it_wakes() {
+    let stack = Stack::start();
+    let cfg = config(&stack);
+    let _w = Workers::start(cfg.clone(), SERVICES).await;
+    let gw = Gateway::start(cfg.clone()).await;
+    let paused = GatewayProcess::start(env!("CARGO_BIN_EXE_switchboard-gateway"), &cfg).await;
+    let mut watcher = connect(&gw.ws_url(), &cfg, "watcher").await;
+    watcher
+        .ok("presence.subscribe", json!({"users": ["sleeper"]}))
+        .await;
+    let mut sleeper = connect(&paused.ws_url(), &cfg, "sleeper").await;
+    presence_until(&mut watcher, "sleeper", "online").await;
+
+    let pid = paused.pid().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Declared dead: the cluster forgets its connections.
+    presence_until(&mut watcher, "sleeper", "offline").await;
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Awake again, it learns it was declared dead and tells its clients to
+    // reconnect rather than serving connections the cluster forgot.
+    let woke = Instant::now();
+    assert_eq!(sleeper.closed().await.map(|(code, _)| code), Some(1012));
+    assert!(
+        woke.elapsed() < convergence_bound(&cfg),
+        "took {:?}",
+        woke.elapsed()
+    );
+    let _again = connect(&paused.ws_url(), &cfg, "sleeper").await;
+    presence_until(&mut watcher, "sleeper", "online").await;
+}
