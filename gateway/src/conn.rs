@@ -15,17 +15,18 @@ use fastwebsockets::{
 };
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use switchboard_proto::bus::{ConnEvent, ConnRef, FeedMode, Interest, Request, conn_event};
+use switchboard_proto::bus::{ConnEvent, ConnRef, FeedMode, Interest, conn_event};
 use switchboard_shared::auth::Identity;
-use switchboard_shared::error::ErrorCode;
 use switchboard_shared::{bus, now_ms, subjects};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
 use crate::State;
 use crate::handshake::SUBPROTOCOL;
+use crate::outbox::Out;
 use crate::protocol::{error_frame, parse_request, push_frame};
-use crate::registry::{CloseReason, ConnHandle, Out, elapsed_ms};
+use crate::registry::{CloseReason, ConnHandle, elapsed_ms};
+use crate::requests;
 
 type Io = TokioIo<Upgraded>;
 
@@ -214,61 +215,12 @@ async fn on_message(state: &State, h: &ConnHandle, op: OpCode, payload: &[u8]) -
             ));
         }
     };
-    let Some(seq) = h.begin_request(req.id.get(), cfg.max_inflight) else {
-        return h.send_text(error_frame(
-            Some(req.id.get()),
-            ErrorCode::TooManyRequests.as_str(),
-            "too many requests in flight on this connection",
-        ));
-    };
-    state.timeouts.add(
-        Instant::now() + Duration::from_millis(cfg.request_timeout_ms),
-        h.id,
-        seq,
-    );
-    let env = Request {
-        conn: Some(ConnRef {
-            gateway: state.gw.to_string(),
-            conn: h.id,
-        }),
-        tenant: h.tenant.to_string(),
-        user: h.user.to_string(),
-        op: req.op.to_owned(),
-        payload: Bytes::copy_from_slice(req.data),
-        grants: h.grants.clone(),
-        traceparent: traceparent(),
-        request_id: seq,
-    };
-    let subject = subjects::service_op(req.service, req.op);
-    let reply = subjects::conn_reply(&state.gw, h.id, seq);
-    if let Err(e) = state
-        .nats
-        .publish_with_reply(subject, reply, bus::encode(&env))
-        .await
-    {
-        tracing::warn!(error = %e, "could not publish request");
-        if let Some(id) = h.finish_request(seq) {
-            return h.send_text(error_frame(
-                Some(&id),
-                ErrorCode::ServiceUnavailable.as_str(),
-                "the message bus is unavailable",
-            ));
-        }
-    }
-    true
+    requests::forward(state, h, req).await
 }
 
 enum Step {
     Send(Out),
     Ping,
-}
-
-/// A fresh W3C `traceparent` (version 00, sampled) for a request that starts
-/// at this gateway.
-fn traceparent() -> String {
-    let trace: u128 = rand::random();
-    let span: u64 = rand::random();
-    format!("00-{:032x}-{:016x}-01", trace.max(1), span.max(1))
 }
 
 async fn write_loop(state: &State, h: &ConnHandle, mut wr: WebSocketWrite<WriteHalf<Io>>) {

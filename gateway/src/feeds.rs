@@ -35,8 +35,9 @@ use switchboard_shared::bus;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::outbox::Out;
 use crate::protocol::push_frame;
-use crate::registry::{ConnHandle, Out};
+use crate::registry::ConnHandle;
 
 /// Tuning for feeds, from the gateway config.
 #[derive(Debug, Clone)]

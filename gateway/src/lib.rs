@@ -6,10 +6,15 @@
 //! never data. Codemap:
 //! - [`server`]: accept loop, HTTP routes, upgrade;
 //! - [`handshake`]: origin, subprotocol and token checks;
+//! - [`state`]: the gateway-wide state every task shares;
 //! - [`conn`]: one connection's reader and writer;
 //! - [`protocol`]: the client JSON frames;
-//! - [`registry`]: per-connection state and the bounded outbound queue;
-//! - [`router`]: the gateway's NATS wildcard subscription and request timeouts;
+//! - [`registry`]: per-connection state and the table of live connections;
+//! - [`outbox`]: a connection's bounded outbound queue;
+//! - [`requests`]: a request's life: in-flight table, envelope, reply,
+//!   timeouts;
+//! - [`router`]: the gateway's NATS wildcard subscription, routed to
+//!   connections;
 //! - [`feeds`]: interest-based room subscriptions with seq ordering and gap
 //!   recovery.
 #![forbid(unsafe_code)]
@@ -17,10 +22,13 @@
 pub mod conn;
 pub mod feeds;
 pub mod handshake;
+pub mod outbox;
 pub mod protocol;
 pub mod registry;
+pub mod requests;
 pub mod router;
 pub mod server;
+pub mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,7 +45,8 @@ use tokio::sync::Semaphore;
 
 use crate::feeds::{FeedConfig, Feeds};
 use crate::registry::Registry;
-use crate::router::Timeouts;
+use crate::requests::Timeouts;
+pub use crate::state::State;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -52,28 +61,6 @@ pub enum GatewayError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-}
-
-/// Gateway-wide state shared by every task.
-pub struct State {
-    pub cfg: Config,
-    pub gw: GatewayId,
-    pub auth: Authenticator,
-    pub nats: async_nats::Client,
-    pub registry: Registry,
-    pub feeds: Feeds,
-    pub timeouts: Timeouts,
-    pub conn_limit: Arc<Semaphore>,
-    pub draining: AtomicBool,
-    pub started: Instant,
-    pub shutdown: Shutdown,
-}
-
-impl State {
-    pub fn is_ready(&self) -> bool {
-        !self.draining.load(std::sync::atomic::Ordering::Relaxed)
-            && self.nats.connection_state() == async_nats::connection::State::Connected
-    }
 }
 
 /// Binds the configured listen address.
@@ -129,7 +116,7 @@ pub async fn serve(
     tracing::info!(gateway = %state.gw, ?addr, "gateway listening");
 
     let router = tokio::spawn(router::route(state.clone(), sub));
-    let sweeper = tokio::spawn(router::sweep_timeouts(state.clone(), shutdown.clone()));
+    let sweeper = tokio::spawn(requests::sweep_timeouts(state.clone(), shutdown.clone()));
     let heartbeat = tokio::spawn(heartbeat(state.clone()));
     server::accept_loop(state.clone(), listener).await;
 
