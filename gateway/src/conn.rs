@@ -73,7 +73,7 @@ pub async fn serve(state: Arc<State>, mut ws: WebSocket<Io>, identity: Identity)
     tracing::debug!(conn = id, user = %h.user, "connected");
 
     let (rd, wr) = ws.split(tokio::io::split);
-    let reader = tokio::spawn(read_loop(state.clone(), h.clone(), rd));
+    let reader = state.tasks.spawn(read_loop(state.clone(), h.clone(), rd));
     write_loop(&state, &h, wr).await;
     reader.abort();
 

@@ -32,7 +32,7 @@ pub mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use switchboard_proto::bus::{ConnEvent, ConnRef, conn_event};
@@ -42,6 +42,7 @@ use switchboard_shared::ids::GatewayId;
 use switchboard_shared::{Shutdown, bus, now_ms, subjects};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 
 use crate::feeds::{FeedConfig, Feeds};
 use crate::registry::Registry;
@@ -63,6 +64,12 @@ pub enum GatewayError {
     },
 }
 
+/// How long a stopping gateway waits for its connections to end.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// Time left for the last steps of a stop (bus tasks, NATS flush) even when
+/// the connections used up the grace.
+const FINISH: Duration = Duration::from_millis(500);
+
 /// Binds the configured listen address.
 pub async fn bind(cfg: &Config) -> Result<TcpListener, GatewayError> {
     let addr = cfg.gateway.listen;
@@ -72,7 +79,8 @@ pub async fn bind(cfg: &Config) -> Result<TcpListener, GatewayError> {
 }
 
 /// Runs a gateway on `listener` until `shutdown` fires; then closes every
-/// client with 1012 and returns once they are gone (bounded).
+/// client with 1012 and returns once every task it started has ended
+/// (bounded).
 pub async fn serve(
     cfg: Config,
     listener: TcpListener,
@@ -90,6 +98,7 @@ pub async fn serve(
     let nats = bus::connect(&cfg.nats, &format!("switchboard-gateway[{gw}]")).await?;
     let sub = nats.subscribe(subjects::gateway_wildcard(&gw)).await?;
     bus::sync(&nats).await?;
+    let tasks = TaskTracker::new();
     let feeds = Feeds::new(
         nats.clone(),
         FeedConfig {
@@ -98,6 +107,7 @@ pub async fn serve(
             request_timeout: Duration::from_millis(cfg.gateway.request_timeout_ms),
             gateway: gw.to_string(),
         },
+        tasks.clone(),
     );
     let state = Arc::new(State {
         conn_limit: Arc::new(Semaphore::new(cfg.gateway.max_connections)),
@@ -111,39 +121,57 @@ pub async fn serve(
         draining: AtomicBool::new(false),
         started: Instant::now(),
         shutdown: shutdown.clone(),
+        tasks,
     });
     let addr = listener.local_addr().ok();
     tracing::info!(gateway = %state.gw, ?addr, "gateway listening");
 
-    let router = tokio::spawn(router::route(state.clone(), sub));
-    let sweeper = tokio::spawn(requests::sweep_timeouts(state.clone(), shutdown.clone()));
-    let heartbeat = tokio::spawn(heartbeat(state.clone()));
-    server::accept_loop(state.clone(), listener).await;
+    // The bus side outlives the connections: replies to their in-flight
+    // requests must still arrive while they drain.
+    let stop = Shutdown::new();
+    let background = TaskTracker::new();
+    background.spawn(router::route(state.clone(), sub, stop.clone()));
+    background.spawn(requests::sweep_timeouts(state.clone(), stop.clone()));
+    background.spawn(heartbeat(state.clone(), stop.clone()));
+    server::accept_loop(&state, &listener).await;
 
-    // Shutdown: writers see the signal and close their clients with 1012.
-    state
-        .draining
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !state.registry.is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // Drain: not ready any more, no new connections, then every connection
+    // task (writers close their clients with 1012) within the deadline.
+    state.draining.store(true, Ordering::Relaxed);
+    drop(listener);
+    let deadline = tokio::time::Instant::now() + DRAIN_GRACE;
+    state.tasks.close();
+    if tokio::time::timeout_at(deadline, state.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            gateway = %state.gw,
+            left = state.registry.len(),
+            "drain deadline passed with connections left"
+        );
     }
-    heartbeat.abort();
-    sweeper.abort();
-    router.abort();
+    stop.cancel();
+    background.close();
+    let finish = deadline.max(tokio::time::Instant::now() + FINISH);
+    let _ = tokio::time::timeout_at(finish, background.wait()).await;
     // Bounded: NATS may be gone already.
-    let _ = tokio::time::timeout(Duration::from_secs(2), state.nats.flush()).await;
+    let _ = tokio::time::timeout_at(finish, state.nats.flush()).await;
     tracing::info!(gateway = %state.gw, "gateway stopped");
     Ok(())
 }
 
-/// Announces this gateway on `sb.evt.conn` so workers can tell it is alive.
-async fn heartbeat(state: Arc<State>) {
+/// Announces this gateway on `sb.evt.conn` so workers can tell it is alive,
+/// until `stop` fires.
+async fn heartbeat(state: Arc<State>, stop: Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_millis(
         state.cfg.gateway.heartbeat_interval_ms,
     ));
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
         let ev = ConnEvent {
             kind: conn_event::Kind::Heartbeat as i32,
             conn: Some(ConnRef {

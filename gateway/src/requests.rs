@@ -207,13 +207,14 @@ pub fn on_reply(state: &State, h: &std::sync::Arc<ConnHandle>, req: u32, msg: as
     }
 }
 
-/// Answers requests whose deadline passed with a `timeout` error.
-pub async fn sweep_timeouts(state: std::sync::Arc<State>, shutdown: Shutdown) {
+/// Answers requests whose deadline passed with a `timeout` error, until
+/// `stop` fires.
+pub async fn sweep_timeouts(state: std::sync::Arc<State>, stop: Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
         for (conn, req) in state.timeouts.expired(Instant::now()) {

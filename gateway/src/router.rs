@@ -7,15 +7,23 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use switchboard_proto::bus::Push;
-use switchboard_shared::bus;
 use switchboard_shared::subjects::{GatewayTarget, parse_gateway_subject};
+use switchboard_shared::{Shutdown, bus};
 
 use crate::State;
 use crate::requests;
 
-/// Routes messages from the gateway's wildcard subscription until it ends.
-pub async fn route(state: Arc<State>, mut sub: async_nats::Subscriber) {
-    while let Some(msg) = sub.next().await {
+/// Routes messages from the gateway's wildcard subscription until it ends or
+/// `stop` fires.
+pub async fn route(state: Arc<State>, mut sub: async_nats::Subscriber, stop: Shutdown) {
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => return,
+            msg = sub.next() => match msg {
+                Some(m) => m,
+                None => return,
+            },
+        };
         match parse_gateway_subject(&state.gw, &msg.subject) {
             Some(GatewayTarget::Reply { conn, req }) => {
                 if let Some(h) = state.registry.get(conn) {

@@ -11,6 +11,7 @@ use switchboard_shared::auth::Authenticator;
 use switchboard_shared::config::Config;
 use switchboard_shared::ids::GatewayId;
 use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 
 use crate::feeds::Feeds;
 use crate::registry::Registry;
@@ -29,6 +30,9 @@ pub struct State {
     pub draining: AtomicBool,
     pub started: Instant,
     pub shutdown: Shutdown,
+    /// Every per-connection task (HTTP connections, sockets, readers) and
+    /// feed task, so a drain can wait for all of them.
+    pub tasks: TaskTracker,
 }
 
 impl State {
