@@ -33,6 +33,11 @@ type Io = TokioIo<Upgraded>;
 /// "No close frame": the peer is gone, just drop the socket.
 const NO_FRAME: u16 = 1006;
 
+/// How long past `request_timeout_ms` a draining connection waits for the
+/// replies of its in-flight requests (the timeout sweeper answers them by
+/// then).
+const REPLY_SLACK: Duration = Duration::from_secs(1);
+
 /// Serves one upgraded connection until it ends, then cleans up after it.
 pub async fn serve(state: Arc<State>, mut ws: WebSocket<Io>, identity: Identity) {
     let cfg = &state.cfg.gateway;
@@ -223,12 +228,46 @@ enum Step {
     Ping,
 }
 
+/// Where a connection stands in a drain.
+#[derive(Clone, Copy)]
+enum Drain {
+    /// Serving normally (no shutdown yet).
+    No,
+    /// Shutdown: serving until this connection's turn.
+    Turn(Instant),
+    /// Turn taken: waiting for in-flight replies until this deadline.
+    Replies(Instant),
+    /// Close 1012 queued behind the last reply.
+    Queued,
+}
+
+impl Drain {
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Self::Turn(t) | Self::Replies(t) => Some(t),
+            Self::No | Self::Queued => None,
+        }
+    }
+}
+
+/// Once no request is in flight (so every reply is queued), queues close 1012
+/// behind the replies.
+fn close_when_answered(h: &ConnHandle, drain: &mut Drain) {
+    if matches!(drain, Drain::Replies(_)) && h.requests.is_empty() {
+        h.outbox.push_last(Out::Close(1012, RESTARTING));
+        *drain = Drain::Queued;
+    }
+}
+
+const RESTARTING: &str = "server restarting";
+
 async fn write_loop(state: &State, h: &ConnHandle, mut wr: WebSocketWrite<WriteHalf<Io>>) {
     let cfg = &state.cfg.gateway;
     let write_timeout = Duration::from_millis(cfg.write_timeout_ms.max(1));
     let every = Duration::from_millis(cfg.ping_interval_ms);
     let mut ping = tokio::time::interval_at(Instant::now() + every, every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut drain = Drain::No;
     loop {
         let step = tokio::select! {
             biased;
@@ -239,8 +278,22 @@ async fn write_loop(state: &State, h: &ConnHandle, mut wr: WebSocketWrite<WriteH
                 }
                 return;
             }
-            _ = state.shutdown.cancelled() => {
-                h.kill(close(1012, "server restarting"));
+            _ = state.shutdown.cancelled(), if matches!(drain, Drain::No) => {
+                let window = Duration::from_millis(cfg.drain_window_ms);
+                drain = Drain::Turn(Instant::now() + crate::drain::turn(h.id, window));
+                continue;
+            }
+            _ = switchboard_shared::sleep_until_opt(drain.deadline()), if drain.deadline().is_some() => {
+                if let Drain::Turn(_) = drain {
+                    h.requests.close();
+                    let replies = Duration::from_millis(cfg.request_timeout_ms) + REPLY_SLACK;
+                    drain = Drain::Replies(Instant::now() + replies);
+                    close_when_answered(h, &mut drain);
+                } else {
+                    // The replies did not come in time (the sweeper should
+                    // have answered them): close anyway.
+                    h.kill(close(1012, RESTARTING));
+                }
                 continue;
             }
             o = h.outbox.pop() => Step::Send(o),
@@ -266,6 +319,7 @@ async fn write_loop(state: &State, h: &ConnHandle, mut wr: WebSocketWrite<WriteH
         if !write(h, &mut wr, frame, write_timeout).await || last {
             return;
         }
+        close_when_answered(h, &mut drain);
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`handshake`]: origin, subprotocol and token checks;
 //! - [`state`]: the gateway-wide state every task shares;
 //! - [`conn`]: one connection's reader and writer;
+//! - [`drain`]: when each connection closes in a drain;
 //! - [`protocol`]: the client JSON frames;
 //! - [`registry`]: per-connection state and the table of live connections;
 //! - [`outbox`]: a connection's bounded outbound queue;
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod conn;
+pub mod drain;
 pub mod feeds;
 pub mod handshake;
 pub mod outbox;
@@ -64,10 +66,8 @@ pub enum GatewayError {
     },
 }
 
-/// How long a stopping gateway waits for its connections to end.
-const DRAIN_GRACE: Duration = Duration::from_secs(10);
-/// Time left for the last steps of a stop (bus tasks, NATS flush) even when
-/// the connections used up the grace.
+/// Time kept from the drain grace (at most a quarter of it) for the last
+/// steps of a stop after the connections: bus tasks, NATS flush.
 const FINISH: Duration = Duration::from_millis(500);
 
 /// Binds the configured listen address.
@@ -78,9 +78,10 @@ pub async fn bind(cfg: &Config) -> Result<TcpListener, GatewayError> {
         .map_err(|source| GatewayError::Bind { addr, source })
 }
 
-/// Runs a gateway on `listener` until `shutdown` fires; then closes every
-/// client with 1012 and returns once every task it started has ended
-/// (bounded).
+/// Runs a gateway on `listener` until `shutdown` fires; then drains: closes
+/// every client with 1012, spread over `gateway.drain_window_ms`, and
+/// returns once every task it started has ended, within
+/// `gateway.drain_grace_ms` of the signal.
 pub async fn serve(
     cfg: Config,
     listener: TcpListener,
@@ -135,28 +136,37 @@ pub async fn serve(
     background.spawn(heartbeat(state.clone(), stop.clone()));
     server::accept_loop(&state, &listener).await;
 
-    // Drain: not ready any more, no new connections, then every connection
-    // task (writers close their clients with 1012) within the deadline.
+    // Drain (see `drain`): not ready any more, no new connections, then every
+    // connection task within the grace; writers close their clients with
+    // 1012 at their turn in the window, after their in-flight replies.
     state.draining.store(true, Ordering::Relaxed);
     drop(listener);
-    let deadline = tokio::time::Instant::now() + DRAIN_GRACE;
+    let grace = Duration::from_millis(state.cfg.gateway.drain_grace_ms);
+    let end = tokio::time::Instant::now() + grace;
+    let reserve = FINISH.min(grace / 4);
     state.tasks.close();
-    if tokio::time::timeout_at(deadline, state.tasks.wait())
+    if tokio::time::timeout_at(end - reserve, state.tasks.wait())
         .await
         .is_err()
     {
+        let left = state.registry.all();
         tracing::warn!(
             gateway = %state.gw,
-            left = state.registry.len(),
-            "drain deadline passed with connections left"
+            left = left.len(),
+            "drain grace over with connections left"
         );
+        for h in left {
+            h.kill(registry::CloseReason {
+                code: 1012,
+                reason: "server restarting",
+            });
+        }
     }
     stop.cancel();
     background.close();
-    let finish = deadline.max(tokio::time::Instant::now() + FINISH);
-    let _ = tokio::time::timeout_at(finish, background.wait()).await;
+    let _ = tokio::time::timeout_at(end, background.wait()).await;
     // Bounded: NATS may be gone already.
-    let _ = tokio::time::timeout_at(finish, state.nats.flush()).await;
+    let _ = tokio::time::timeout_at(end, state.nats.flush()).await;
     tracing::info!(gateway = %state.gw, "gateway stopped");
     Ok(())
 }

@@ -61,6 +61,15 @@ impl Outbox {
         Ok(())
     }
 
+    /// Queues a connection's last frame (its close) even when the queue is
+    /// full: at most one frame past the cap, once per connection.
+    pub fn push_last(&self, out: Out) {
+        if let Ok(mut q) = self.items.lock() {
+            q.push_back(out);
+        }
+        self.ready.notify_one();
+    }
+
     /// The next frame, waiting for one. Cancel-safe: a frame is only taken
     /// when this returns it.
     pub async fn pop(&self) -> Out {
@@ -125,5 +134,7 @@ mod tests {
         assert_eq!(o.push(Out::Pong(Bytes::new())), Ok(()));
         assert_eq!(o.push(Out::Pong(Bytes::new())), Err(Full));
         assert_eq!(o.len(), 2);
+        o.push_last(Out::Close(1012, "bye"));
+        assert_eq!(o.len(), 3);
     }
 }

@@ -13,11 +13,11 @@
 //! timeout) is the one that answers.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use switchboard_proto::bus::{ConnRef, Reply, Request};
+use switchboard_proto::bus::{ConnRef, Interest, Reply, Request};
 use switchboard_shared::error::ErrorCode;
 use switchboard_shared::{Shutdown, bus, subjects};
 use tokio::time::Instant;
@@ -42,21 +42,37 @@ pub struct Inflight {
 struct Table {
     next: u32,
     pending: HashMap<u32, Pending>,
+    /// The connection is closing: no new request may start.
+    closed: bool,
+}
+
+/// Why a request could not start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `max_inflight` requests are already waiting.
+    TooMany,
+    /// The connection is closing (drain).
+    Closing,
 }
 
 impl Inflight {
-    /// Registers a request; `None` when `max` are already in flight.
-    pub fn begin(&self, id: &str, max: usize) -> Option<u32> {
-        let mut t = self.table.lock().ok()?;
+    /// Registers a request.
+    pub fn begin(&self, id: &str, max: usize) -> Result<u32, Refusal> {
+        let Ok(mut t) = self.table.lock() else {
+            return Err(Refusal::TooMany);
+        };
+        if t.closed {
+            return Err(Refusal::Closing);
+        }
         if t.pending.len() >= max {
-            return None;
+            return Err(Refusal::TooMany);
         }
         loop {
             t.next = t.next.wrapping_add(1);
             let n = t.next;
             if let std::collections::hash_map::Entry::Vacant(e) = t.pending.entry(n) {
                 e.insert(Pending { id: id.into() });
-                return Some(n);
+                return Ok(n);
             }
         }
     }
@@ -64,7 +80,24 @@ impl Inflight {
     /// Takes a request's client id once its reply (or timeout) arrives;
     /// `None` if it was already answered.
     pub fn finish(&self, req: u32) -> Option<Box<str>> {
-        self.table.lock().ok()?.pending.remove(&req).map(|p| p.id)
+        self.finish_with(req, |id| id)
+    }
+
+    /// Takes a request out of the table and runs `answer` with its client id
+    /// before anyone can see the table without it: whoever finds the table
+    /// empty knows every reply has been queued. `None` if it was already
+    /// answered.
+    pub fn finish_with<R>(&self, req: u32, answer: impl FnOnce(Box<str>) -> R) -> Option<R> {
+        let mut t = self.table.lock().ok()?;
+        let p = t.pending.remove(&req)?;
+        Some(answer(p.id))
+    }
+
+    /// Refuses new requests from now on (the ones in flight still finish).
+    pub fn close(&self) {
+        if let Ok(mut t) = self.table.lock() {
+            t.closed = true;
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -108,12 +141,22 @@ impl Timeouts {
 /// connection is to end (its queue overflowed while answering).
 pub async fn forward(state: &State, h: &ConnHandle, req: ClientRequest<'_>) -> bool {
     let cfg = &state.cfg.gateway;
-    let Some(seq) = h.requests.begin(req.id.get(), cfg.max_inflight) else {
-        return h.send_text(error_frame(
-            Some(req.id.get()),
-            ErrorCode::TooManyRequests.as_str(),
-            "too many requests in flight on this connection",
-        ));
+    let seq = match h.requests.begin(req.id.get(), cfg.max_inflight) {
+        Ok(seq) => seq,
+        Err(Refusal::TooMany) => {
+            return h.send_text(error_frame(
+                Some(req.id.get()),
+                ErrorCode::TooManyRequests.as_str(),
+                "too many requests in flight on this connection",
+            ));
+        }
+        Err(Refusal::Closing) => {
+            return h.send_text(error_frame(
+                Some(req.id.get()),
+                ErrorCode::ServiceUnavailable.as_str(),
+                "the server is restarting: reconnect and send it again",
+            ));
+        }
     };
     state.timeouts.add(
         Instant::now() + Duration::from_millis(cfg.request_timeout_ms),
@@ -141,12 +184,14 @@ pub async fn forward(state: &State, h: &ConnHandle, req: ClientRequest<'_>) -> b
         .await
     {
         tracing::warn!(error = %e, "could not publish request");
-        if let Some(id) = h.requests.finish(seq) {
-            return h.send_text(error_frame(
+        if let Some(queued) = h.requests.finish_with(seq, |id| {
+            h.send_text(error_frame(
                 Some(&id),
                 ErrorCode::ServiceUnavailable.as_str(),
                 "the message bus is unavailable",
-            ));
+            ))
+        }) {
+            return queued;
         }
     }
     true
@@ -162,28 +207,37 @@ fn traceparent() -> String {
 
 /// Answers request `req` of `h` with the worker's reply in `msg` (or NATS's
 /// "no responders" status).
-pub fn on_reply(state: &State, h: &std::sync::Arc<ConnHandle>, req: u32, msg: async_nats::Message) {
-    let Some(id) = h.requests.finish(req) else {
-        return;
-    };
+pub fn on_reply(state: &State, h: &Arc<ConnHandle>, req: u32, msg: async_nats::Message) {
+    let attach = h
+        .requests
+        .finish_with(req, |id| answer(state, h, &id, &msg))
+        .unwrap_or_default();
+    // Attach after the reply: it arrives before the first message of a feed.
+    for interest in attach {
+        state.feeds.attach(h, interest);
+    }
+}
+
+/// Queues the client's frame for a reply; returns the feeds to attach.
+fn answer(state: &State, h: &ConnHandle, id: &str, msg: &async_nats::Message) -> Vec<Interest> {
     if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
         h.send_text(error_frame(
-            Some(&id),
+            Some(id),
             ErrorCode::ServiceUnavailable.as_str(),
             "no worker is serving this service right now",
         ));
-        return;
+        return Vec::new();
     }
     let reply: Reply = match bus::decode(&msg.payload) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "malformed reply");
             h.send_text(error_frame(
-                Some(&id),
+                Some(id),
                 ErrorCode::Internal.as_str(),
                 "malformed reply from the service",
             ));
-            return;
+            return Vec::new();
         }
     };
     if !reply.ok {
@@ -193,23 +247,20 @@ pub fn on_reply(state: &State, h: &std::sync::Arc<ConnHandle>, req: u32, msg: as
                 "request failed".to_owned(),
             )
         });
-        h.send_text(error_frame(Some(&id), &code, &message));
-        return;
+        h.send_text(error_frame(Some(id), &code, &message));
+        return Vec::new();
     }
-    // Detach before the reply (nothing arrives after a leave's reply), attach
-    // after it (the reply arrives before the first message of the feed).
+    // Detach before the reply: nothing arrives after a leave's reply.
     for subject in &reply.detach {
         state.feeds.detach(h, subject);
     }
-    h.send_text(ok_frame(&id, &reply.data));
-    for interest in reply.attach {
-        state.feeds.attach(h, interest);
-    }
+    h.send_text(ok_frame(id, &reply.data));
+    reply.attach
 }
 
 /// Answers requests whose deadline passed with a `timeout` error, until
 /// `stop` fires.
-pub async fn sweep_timeouts(state: std::sync::Arc<State>, stop: Shutdown) {
+pub async fn sweep_timeouts(state: Arc<State>, stop: Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -221,13 +272,13 @@ pub async fn sweep_timeouts(state: std::sync::Arc<State>, stop: Shutdown) {
             let Some(h) = state.registry.get(conn) else {
                 continue;
             };
-            if let Some(id) = h.requests.finish(req) {
+            h.requests.finish_with(req, |id| {
                 h.send_text(error_frame(
                     Some(&id),
                     ErrorCode::Timeout.as_str(),
                     "no reply from the service in time",
-                ));
-            }
+                ))
+            });
         }
     }
 }
@@ -241,11 +292,22 @@ mod tests {
         let f = Inflight::default();
         let a = f.begin("\"a\"", 2);
         let b = f.begin("\"b\"", 2);
-        assert!(a.is_some() && b.is_some() && a != b);
-        assert_eq!(f.begin("\"c\"", 2), None);
+        assert!(a.is_ok() && b.is_ok() && a != b);
+        assert_eq!(f.begin("\"c\"", 2), Err(Refusal::TooMany));
         let a = a.unwrap_or_default();
         assert_eq!(f.finish(a).as_deref(), Some("\"a\""));
         assert_eq!(f.finish(a), None);
-        assert!(f.begin("\"c\"", 2).is_some());
+        assert!(f.begin("\"c\"", 2).is_ok());
+    }
+
+    #[test]
+    fn a_closed_table_refuses_new_requests_and_lets_old_ones_finish() {
+        let f = Inflight::default();
+        let a = f.begin("1", 8).unwrap_or_default();
+        f.close();
+        assert_eq!(f.begin("2", 8), Err(Refusal::Closing));
+        assert!(!f.is_empty());
+        assert_eq!(f.finish_with(a, |id| id.len()), Some(1));
+        assert!(f.is_empty());
     }
 }
