@@ -7,7 +7,9 @@
 //! - [`server`]: accept loop, HTTP routes, upgrade;
 //! - [`handshake`]: origin, subprotocol and token checks;
 //! - [`state`]: the gateway-wide state every task shares;
-//! - [`conn`]: one connection's reader and writer;
+//! - [`conn`]: one connection: its reader, and cleanup once it ends;
+//! - [`writer`]: a connection's writer: queue, pings, drain turn, close;
+//! - [`wire`]: server frames written so a cut-short one can be finished;
 //! - [`drain`]: when each connection closes in a drain;
 //! - [`protocol`]: the client JSON frames;
 //! - [`registry`]: per-connection state and the table of live connections;
@@ -31,6 +33,8 @@ pub mod requests;
 pub mod router;
 pub mod server;
 pub mod state;
+pub mod wire;
+pub mod writer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -156,10 +160,7 @@ pub async fn serve(
             "drain grace over with connections left"
         );
         for h in left {
-            h.kill(registry::CloseReason {
-                code: 1012,
-                reason: "server restarting",
-            });
+            h.kill(registry::CloseReason::new(1012, "server restarting"));
         }
     }
     stop.cancel();

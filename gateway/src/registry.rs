@@ -25,6 +25,15 @@ pub struct CloseReason {
     pub reason: &'static str,
 }
 
+impl CloseReason {
+    /// "No close frame": the peer is gone, just drop the socket.
+    pub const NO_FRAME: u16 = 1006;
+
+    pub const fn new(code: u16, reason: &'static str) -> Self {
+        Self { code, reason }
+    }
+}
+
 /// State of one WebSocket connection.
 #[derive(Debug)]
 pub struct ConnHandle {
@@ -75,10 +84,7 @@ impl ConnHandle {
         match self.outbox.push(out) {
             Ok(()) => true,
             Err(Full) => {
-                self.kill(CloseReason {
-                    code: 1008,
-                    reason: "slow consumer: outbound queue full",
-                });
+                self.kill(CloseReason::new(1008, "slow consumer: outbound queue full"));
                 false
             }
         }

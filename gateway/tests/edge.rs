@@ -416,7 +416,7 @@ async fn oversize_and_binary_messages_close_only_that_connection() {
 }
 
 #[tokio::test]
-async fn a_slow_reader_is_cut_off_and_the_room_carries_on() {
+async fn a_slow_reader_is_cut_off_with_1008_and_the_room_carries_on() {
     let (_s, cfg, _w, gw) = setup(|c| {
         c.gateway.outbound_queue = 16;
         c.gateway.write_timeout_ms = 2_000;
@@ -463,6 +463,12 @@ async fn a_slow_reader_is_cut_off_and_the_room_carries_on() {
         }
     };
     assert_eq!(left["user"], "slow");
+    // Reading again, the slow client finds whole frames (the one the gateway
+    // was writing is completed) and then a proper close frame, not a dropped
+    // connection.
+    let (code, reason) = slow.closed().await.expect("a close frame");
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("slow consumer"), "{reason}");
     // The healthy reader still gets everything.
     publisher
         .ok(
@@ -471,7 +477,6 @@ async fn a_slow_reader_is_cut_off_and_the_room_carries_on() {
         )
         .await;
     assert_eq!(reader.event("message").await["data"], "after");
-    drop(slow);
 }
 
 /// A `member_left` already delivered to the publisher, without waiting.
