@@ -1,6 +1,6 @@
 //! One WebSocket connection: a reader task that turns client frames into bus
-//! requests, and a writer loop that owns the socket's write half and drains
-//! the bounded outbound queue, pings, and enforces the idle timeout.
+//! requests, the writer ([`crate::writer`]) that owns the socket's write
+//! half, and the cleanup once it ends.
 //!
 //! Close codes: 1000 normal, 1001 idle timeout, 1002 protocol error,
 //! 1003 binary frames, 1007 invalid UTF-8, 1008 slow consumer,
@@ -10,35 +10,38 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{
-    Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
-};
+use fastwebsockets::{Frame, OpCode, Role, WebSocket, WebSocketError, WebSocketRead};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use switchboard_proto::bus::{ConnEvent, ConnRef, FeedMode, Interest, Request, conn_event};
+use switchboard_proto::bus::{ConnEvent, ConnRef, FeedMode, Interest, conn_event};
 use switchboard_shared::auth::Identity;
-use switchboard_shared::error::ErrorCode;
 use switchboard_shared::{bus, now_ms, subjects};
-use tokio::io::{ReadHalf, WriteHalf};
-use tokio::time::Instant;
+use tokio::io::ReadHalf;
 
 use crate::State;
 use crate::handshake::SUBPROTOCOL;
+use crate::outbox::Out;
 use crate::protocol::{error_frame, parse_request, push_frame};
-use crate::registry::{CloseReason, ConnHandle, Out, elapsed_ms};
+use crate::registry::{CloseReason, ConnHandle, elapsed_ms};
+use crate::wire::Wire;
+use crate::{requests, writer};
 
 type Io = TokioIo<Upgraded>;
 
 /// "No close frame": the peer is gone, just drop the socket.
-const NO_FRAME: u16 = 1006;
+const NO_FRAME: u16 = CloseReason::NO_FRAME;
 
 /// Serves one upgraded connection until it ends, then cleans up after it.
-pub async fn serve(state: Arc<State>, mut ws: WebSocket<Io>, identity: Identity) {
+pub async fn serve(state: Arc<State>, ws: WebSocket<Io>, identity: Identity) {
     let cfg = &state.cfg.gateway;
-    ws.set_auto_close(true);
-    ws.set_auto_pong(true);
+    // fastwebsockets reads; frames are written by `Wire`, which can finish a
+    // frame cut short (fastwebsockets' own write half goes unused).
+    let (rd, wr) = tokio::io::split(ws.into_inner());
+    let (mut rd, _) = fastwebsockets::after_handshake_split(rd, tokio::io::sink(), Role::Server);
+    rd.set_auto_close(true);
+    rd.set_auto_pong(true);
     // fastwebsockets refuses frames of *at least* this size.
-    ws.set_max_message_size(cfg.max_message_bytes.saturating_add(1));
+    rd.set_max_message_size(cfg.max_message_bytes.saturating_add(1));
     let id = state.registry.next_id();
     let h = ConnHandle::new(
         id,
@@ -71,14 +74,18 @@ pub async fn serve(state: Arc<State>, mut ws: WebSocket<Io>, identity: Identity)
     );
     tracing::debug!(conn = id, user = %h.user, "connected");
 
-    let (rd, wr) = ws.split(tokio::io::split);
-    let reader = tokio::spawn(read_loop(state.clone(), h.clone(), rd));
-    write_loop(&state, &h, wr).await;
+    let reader = state.tasks.spawn(read_loop(state.clone(), h.clone(), rd));
+    let mut wire = Wire::new(wr);
+    writer::run(&state, &h, &mut wire).await;
     reader.abort();
 
+    // The connection is gone for everyone else before its close frame is
+    // out, which a slow consumer may take a while to accept.
     state.registry.remove(id);
     state.feeds.detach_all(&h);
     conn_event(&state, &h, conn_event::Kind::Disconnected).await;
+    let limit = writer::CLOSE_LIMIT.min(Duration::from_millis(cfg.write_timeout_ms.max(1)));
+    writer::close(&h, &mut wire, limit).await;
     tracing::debug!(conn = id, reason = ?h.close_reason(), "disconnected");
 }
 
@@ -175,7 +182,7 @@ async fn read_loop(state: Arc<State>, h: Arc<ConnHandle>, mut rd: WebSocketRead<
 }
 
 fn close(code: u16, reason: &'static str) -> CloseReason {
-    CloseReason { code, reason }
+    CloseReason::new(code, reason)
 }
 
 fn classify(e: &WebSocketError) -> CloseReason {
@@ -214,129 +221,5 @@ async fn on_message(state: &State, h: &ConnHandle, op: OpCode, payload: &[u8]) -
             ));
         }
     };
-    let Some(seq) = h.begin_request(req.id.get(), cfg.max_inflight) else {
-        return h.send_text(error_frame(
-            Some(req.id.get()),
-            ErrorCode::TooManyRequests.as_str(),
-            "too many requests in flight on this connection",
-        ));
-    };
-    state.timeouts.add(
-        Instant::now() + Duration::from_millis(cfg.request_timeout_ms),
-        h.id,
-        seq,
-    );
-    let env = Request {
-        conn: Some(ConnRef {
-            gateway: state.gw.to_string(),
-            conn: h.id,
-        }),
-        tenant: h.tenant.to_string(),
-        user: h.user.to_string(),
-        op: req.op.to_owned(),
-        payload: Bytes::copy_from_slice(req.data),
-        grants: h.grants.clone(),
-        traceparent: traceparent(),
-        request_id: seq,
-    };
-    let subject = subjects::service_op(req.service, req.op);
-    let reply = subjects::conn_reply(&state.gw, h.id, seq);
-    if let Err(e) = state
-        .nats
-        .publish_with_reply(subject, reply, bus::encode(&env))
-        .await
-    {
-        tracing::warn!(error = %e, "could not publish request");
-        if let Some(id) = h.finish_request(seq) {
-            return h.send_text(error_frame(
-                Some(&id),
-                ErrorCode::ServiceUnavailable.as_str(),
-                "the message bus is unavailable",
-            ));
-        }
-    }
-    true
-}
-
-enum Step {
-    Send(Out),
-    Ping,
-}
-
-/// A fresh W3C `traceparent` (version 00, sampled) for a request that starts
-/// at this gateway.
-fn traceparent() -> String {
-    let trace: u128 = rand::random();
-    let span: u64 = rand::random();
-    format!("00-{:032x}-{:016x}-01", trace.max(1), span.max(1))
-}
-
-async fn write_loop(state: &State, h: &ConnHandle, mut wr: WebSocketWrite<WriteHalf<Io>>) {
-    let cfg = &state.cfg.gateway;
-    let write_timeout = Duration::from_millis(cfg.write_timeout_ms.max(1));
-    let every = Duration::from_millis(cfg.ping_interval_ms);
-    let mut ping = tokio::time::interval_at(Instant::now() + every, every);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let step = tokio::select! {
-            biased;
-            _ = h.cancel.cancelled() => {
-                if let Some(r) = h.close_reason() && r.code != NO_FRAME {
-                    let frame = Frame::close(r.code, r.reason.as_bytes());
-                    let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_frame(frame)).await;
-                }
-                return;
-            }
-            _ = state.shutdown.cancelled() => {
-                h.kill(close(1012, "server restarting"));
-                continue;
-            }
-            o = h.outbox.pop() => Step::Send(o),
-            _ = ping.tick() => {
-                let seen = h.last_seen.load(std::sync::atomic::Ordering::Relaxed);
-                if elapsed_ms(state.started).saturating_sub(seen) >= cfg.idle_timeout_ms {
-                    h.kill(close(1001, "idle timeout"));
-                    continue;
-                }
-                Step::Ping
-            }
-        };
-        let (frame, last) = match &step {
-            Step::Ping => (
-                Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[])),
-                false,
-            ),
-            Step::Send(Out::Text(b)) => (Frame::text(Payload::Borrowed(b)), false),
-            Step::Send(Out::Pong(b)) => (Frame::pong(Payload::Borrowed(b)), false),
-            Step::Send(Out::CloseEcho(b)) => (Frame::close_raw(Payload::Borrowed(b)), true),
-            Step::Send(Out::Close(code, reason)) => (Frame::close(*code, reason.as_bytes()), true),
-        };
-        if !write(h, &mut wr, frame, write_timeout).await || last {
-            return;
-        }
-    }
-}
-
-/// Writes one frame, giving up when the client does not take it in time or
-/// the connection is being dropped.
-async fn write(
-    h: &ConnHandle,
-    wr: &mut WebSocketWrite<WriteHalf<Io>>,
-    frame: Frame<'_>,
-    limit: Duration,
-) -> bool {
-    tokio::select! {
-        r = tokio::time::timeout(limit, wr.write_frame(frame)) => match r {
-            Ok(Ok(())) => true,
-            Ok(Err(_)) => {
-                h.kill(close(NO_FRAME, "write failed"));
-                false
-            }
-            Err(_) => {
-                h.kill(close(NO_FRAME, "write timed out: slow consumer"));
-                false
-            }
-        },
-        _ = h.cancel.cancelled() => false,
-    }
+    requests::forward(state, h, req).await
 }

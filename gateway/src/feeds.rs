@@ -34,9 +34,11 @@ use switchboard_proto::bus::{FeedMode, Interest, Push, ReplayBatch, ReplayReques
 use switchboard_shared::bus;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
+use crate::outbox::Out;
 use crate::protocol::push_frame;
-use crate::registry::{ConnHandle, Out};
+use crate::registry::ConnHandle;
 
 /// Tuning for feeds, from the gateway config.
 #[derive(Debug, Clone)]
@@ -66,14 +68,17 @@ struct Entry {
 pub struct Feeds {
     nats: async_nats::Client,
     cfg: FeedConfig,
+    tasks: TaskTracker,
     entries: Mutex<HashMap<String, Entry>>,
 }
 
 impl Feeds {
-    pub fn new(nats: async_nats::Client, cfg: FeedConfig) -> Self {
+    /// Feeds whose tasks are spawned on `tasks`.
+    pub fn new(nats: async_nats::Client, cfg: FeedConfig, tasks: TaskTracker) -> Self {
         Self {
             nats,
             cfg,
+            tasks,
             entries: Mutex::new(HashMap::new()),
         }
     }
@@ -116,7 +121,7 @@ impl Feeds {
                 gap_since: None,
                 members: HashMap::new(),
             };
-            tokio::spawn(feed.run(rx));
+            self.tasks.spawn(feed.run(rx));
             Entry { tx, members: 0 }
         });
         entry.members += 1;

@@ -6,26 +6,41 @@
 //! never data. Codemap:
 //! - [`server`]: accept loop, HTTP routes, upgrade;
 //! - [`handshake`]: origin, subprotocol and token checks;
-//! - [`conn`]: one connection's reader and writer;
+//! - [`limits`]: rate limits per user and op, per-IP connection limits;
+//! - [`state`]: the gateway-wide state every task shares;
+//! - [`conn`]: one connection: its reader, and cleanup once it ends;
+//! - [`writer`]: a connection's writer: queue, pings, drain turn, close;
+//! - [`wire`]: server frames written so a cut-short one can be finished;
+//! - [`drain`]: when each connection closes in a drain;
 //! - [`protocol`]: the client JSON frames;
-//! - [`registry`]: per-connection state and the bounded outbound queue;
-//! - [`router`]: the gateway's NATS wildcard subscription and request timeouts;
+//! - [`registry`]: per-connection state and the table of live connections;
+//! - [`outbox`]: a connection's bounded outbound queue;
+//! - [`requests`]: a request's life: in-flight table, envelope, reply,
+//!   timeouts;
+//! - [`router`]: the gateway's NATS wildcard subscription, routed to
+//!   connections;
 //! - [`feeds`]: interest-based room subscriptions with seq ordering and gap
 //!   recovery.
 #![forbid(unsafe_code)]
 
 pub mod conn;
+pub mod drain;
 pub mod feeds;
 pub mod handshake;
 pub mod limits;
+pub mod outbox;
 pub mod protocol;
 pub mod registry;
+pub mod requests;
 pub mod router;
 pub mod server;
+pub mod state;
+pub mod wire;
+pub mod writer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use switchboard_proto::bus::{ConnEvent, ConnRef, conn_event};
@@ -35,10 +50,12 @@ use switchboard_shared::ids::GatewayId;
 use switchboard_shared::{Shutdown, bus, now_ms, subjects};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 
 use crate::feeds::{FeedConfig, Feeds};
 use crate::registry::Registry;
-use crate::router::Timeouts;
+use crate::requests::Timeouts;
+pub use crate::state::State;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -55,27 +72,9 @@ pub enum GatewayError {
     },
 }
 
-/// Gateway-wide state shared by every task.
-pub struct State {
-    pub cfg: Config,
-    pub gw: GatewayId,
-    pub auth: Authenticator,
-    pub nats: async_nats::Client,
-    pub registry: Registry,
-    pub feeds: Feeds,
-    pub timeouts: Timeouts,
-    pub conn_limit: Arc<Semaphore>,
-    pub draining: AtomicBool,
-    pub started: Instant,
-    pub shutdown: Shutdown,
-}
-
-impl State {
-    pub fn is_ready(&self) -> bool {
-        !self.draining.load(std::sync::atomic::Ordering::Relaxed)
-            && self.nats.connection_state() == async_nats::connection::State::Connected
-    }
-}
+/// Time kept from the drain grace (at most a quarter of it) for the last
+/// steps of a stop after the connections: bus tasks, NATS flush.
+const FINISH: Duration = Duration::from_millis(500);
 
 /// Binds the configured listen address.
 pub async fn bind(cfg: &Config) -> Result<TcpListener, GatewayError> {
@@ -85,8 +84,10 @@ pub async fn bind(cfg: &Config) -> Result<TcpListener, GatewayError> {
         .map_err(|source| GatewayError::Bind { addr, source })
 }
 
-/// Runs a gateway on `listener` until `shutdown` fires; then closes every
-/// client with 1012 and returns once they are gone (bounded).
+/// Runs a gateway on `listener` until `shutdown` fires; then drains: closes
+/// every client with 1012, spread over `gateway.drain_window_ms`, and
+/// returns once every task it started has ended, within
+/// `gateway.drain_grace_ms` of the signal.
 pub async fn serve(
     cfg: Config,
     listener: TcpListener,
@@ -104,6 +105,7 @@ pub async fn serve(
     let nats = bus::connect(&cfg.nats, &format!("switchboard-gateway[{gw}]")).await?;
     let sub = nats.subscribe(subjects::gateway_wildcard(&gw)).await?;
     bus::sync(&nats).await?;
+    let tasks = TaskTracker::new();
     let feeds = Feeds::new(
         nats.clone(),
         FeedConfig {
@@ -112,6 +114,7 @@ pub async fn serve(
             request_timeout: Duration::from_millis(cfg.gateway.request_timeout_ms),
             gateway: gw.to_string(),
         },
+        tasks.clone(),
     );
     let state = Arc::new(State {
         conn_limit: Arc::new(Semaphore::new(cfg.gateway.max_connections)),
@@ -125,39 +128,63 @@ pub async fn serve(
         draining: AtomicBool::new(false),
         started: Instant::now(),
         shutdown: shutdown.clone(),
+        tasks,
     });
     let addr = listener.local_addr().ok();
     tracing::info!(gateway = %state.gw, ?addr, "gateway listening");
 
-    let router = tokio::spawn(router::route(state.clone(), sub));
-    let sweeper = tokio::spawn(router::sweep_timeouts(state.clone(), shutdown.clone()));
-    let heartbeat = tokio::spawn(heartbeat(state.clone()));
-    server::accept_loop(state.clone(), listener).await;
+    // The bus side outlives the connections: replies to their in-flight
+    // requests must still arrive while they drain.
+    let stop = Shutdown::new();
+    let background = TaskTracker::new();
+    background.spawn(router::route(state.clone(), sub, stop.clone()));
+    background.spawn(requests::sweep_timeouts(state.clone(), stop.clone()));
+    background.spawn(heartbeat(state.clone(), stop.clone()));
+    server::accept_loop(&state, &listener).await;
 
-    // Shutdown: writers see the signal and close their clients with 1012.
-    state
-        .draining
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !state.registry.is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // Drain (see `drain`): not ready any more, no new connections, then every
+    // connection task within the grace; writers close their clients with
+    // 1012 at their turn in the window, after their in-flight replies.
+    state.draining.store(true, Ordering::Relaxed);
+    drop(listener);
+    let grace = Duration::from_millis(state.cfg.gateway.drain_grace_ms);
+    let end = tokio::time::Instant::now() + grace;
+    let reserve = FINISH.min(grace / 4);
+    state.tasks.close();
+    if tokio::time::timeout_at(end - reserve, state.tasks.wait())
+        .await
+        .is_err()
+    {
+        let left = state.registry.all();
+        tracing::warn!(
+            gateway = %state.gw,
+            left = left.len(),
+            "drain grace over with connections left"
+        );
+        for h in left {
+            h.kill(registry::CloseReason::new(1012, "server restarting"));
+        }
     }
-    heartbeat.abort();
-    sweeper.abort();
-    router.abort();
+    stop.cancel();
+    background.close();
+    let _ = tokio::time::timeout_at(end, background.wait()).await;
     // Bounded: NATS may be gone already.
-    let _ = tokio::time::timeout(Duration::from_secs(2), state.nats.flush()).await;
+    let _ = tokio::time::timeout_at(end, state.nats.flush()).await;
     tracing::info!(gateway = %state.gw, "gateway stopped");
     Ok(())
 }
 
-/// Announces this gateway on `sb.evt.conn` so workers can tell it is alive.
-async fn heartbeat(state: Arc<State>) {
+/// Announces this gateway on `sb.evt.conn` so workers can tell it is alive,
+/// until `stop` fires.
+async fn heartbeat(state: Arc<State>, stop: Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_millis(
         state.cfg.gateway.heartbeat_interval_ms,
     ));
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
         let ev = ConnEvent {
             kind: conn_event::Kind::Heartbeat as i32,
             conn: Some(ConnRef {

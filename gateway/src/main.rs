@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchboard_shared::auth::{Authenticator, TokenClaims};
 use switchboard_shared::config::Config;
-use switchboard_shared::{Shutdown, telemetry};
+use switchboard_shared::telemetry;
 
 #[derive(Parser)]
 #[command(
@@ -72,13 +72,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => {
             telemetry::init(&cfg.log);
             let listener = switchboard_gateway::bind(&cfg).await?;
-            let shutdown = Shutdown::new();
-            let signal = shutdown.clone();
-            tokio::spawn(async move {
-                switchboard_shared::termination_signal().await;
-                tracing::info!("shutting down");
-                signal.cancel();
-            });
+            let shutdown = switchboard_shared::shutdown_on_signal();
             switchboard_gateway::serve(cfg, listener, shutdown).await?;
             Ok(())
         }

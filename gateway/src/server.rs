@@ -22,8 +22,9 @@ use crate::handshake::{self, SUBPROTOCOL};
 
 type Body = Full<Bytes>;
 
-/// Accepts connections until shutdown.
-pub async fn accept_loop(state: Arc<State>, listener: TcpListener) {
+/// Accepts connections until shutdown. Each HTTP connection is a tracked
+/// task that, on shutdown, finishes the request it is serving and closes.
+pub async fn accept_loop(state: &Arc<State>, listener: &TcpListener) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = state.shutdown.cancelled() => return,
@@ -39,7 +40,7 @@ pub async fn accept_loop(state: Arc<State>, listener: TcpListener) {
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        tokio::spawn(async move {
+        state.tasks.clone().spawn(async move {
             let svc_state = state.clone();
             let service = service_fn(move |req| route(svc_state.clone(), req));
             let conn = http1::Builder::new()
@@ -49,7 +50,15 @@ pub async fn accept_loop(state: Arc<State>, listener: TcpListener) {
                 ))
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
-            if let Err(e) = conn.await {
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = state.shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "http connection ended with an error");
             }
         });
@@ -118,7 +127,7 @@ fn upgrade(state: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
         }
     };
     let timeout = Duration::from_millis(state.cfg.gateway.handshake_timeout_ms);
-    tokio::spawn(async move {
+    state.tasks.clone().spawn(async move {
         match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(ws)) => crate::conn::serve(state, ws, accepted.identity).await,
             Ok(Err(e)) => tracing::debug!(error = %e, "upgrade failed"),

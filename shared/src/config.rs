@@ -109,6 +109,13 @@ pub struct GatewayConfig {
     pub heartbeat_interval_ms: u64,
     /// Most concurrent connections; beyond it new upgrades get 503.
     pub max_connections: usize,
+    /// On shutdown, clients are closed with 1012 spread over this window,
+    /// so they do not all reconnect at once (0 closes them all at once).
+    pub drain_window_ms: u64,
+    /// A stopping gateway is gone this long after the signal at the latest,
+    /// whatever its clients do. Must exceed `drain_window_ms`, with room for
+    /// in-flight requests (`request_timeout_ms`) to get their replies.
+    pub drain_grace_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -262,6 +269,8 @@ impl Default for GatewayConfig {
             reorder_buffer: 1024,
             heartbeat_interval_ms: 4_000,
             max_connections: 200_000,
+            drain_window_ms: 2_000,
+            drain_grace_ms: 10_000,
         }
     }
 }
@@ -478,6 +487,15 @@ impl Config {
                 "steps must be strictly ascending".into(),
             );
         }
+        if g.drain_grace_ms <= g.drain_window_ms {
+            return invalid(
+                "gateway.drain_grace_ms",
+                format!(
+                    "must be greater than gateway.drain_window_ms ({})",
+                    g.drain_window_ms
+                ),
+            );
+        }
         for s in &g.services {
             if !crate::subjects::is_op_name(s) {
                 return invalid(
@@ -549,6 +567,21 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn the_drain_grace_must_outlast_the_drain_window() {
+        let err = from_toml("[gateway]\ndrain_window_ms = 5000\ndrain_grace_ms = 5000\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("gateway.drain_grace_ms"), "{err}");
+        let cfg = from_toml("[gateway]\ndrain_window_ms = 0\ndrain_grace_ms = 100\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (cfg.gateway.drain_window_ms, cfg.gateway.drain_grace_ms),
+            (0, 100)
+        );
     }
 
     #[test]

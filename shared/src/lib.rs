@@ -21,8 +21,20 @@ pub mod telemetry;
 
 pub use tokio_util::sync::CancellationToken as Shutdown;
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM: what `main` waits for before it
-/// fires the [`Shutdown`] signal.
+/// A [`Shutdown`] signal that fires on SIGINT (Ctrl-C) or SIGTERM: what each
+/// binary's `main` hands to the code it runs. Call it inside the runtime.
+pub fn shutdown_on_signal() -> Shutdown {
+    let shutdown = Shutdown::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        termination_signal().await;
+        tracing::info!("shutting down");
+        signal.cancel();
+    });
+    shutdown
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
 pub async fn termination_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use switchboard_shared::config::Config;
-use switchboard_shared::{Shutdown, telemetry};
+use switchboard_shared::telemetry;
 
 #[derive(Parser)]
 #[command(
@@ -40,13 +40,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         args.services
     };
-    let shutdown = Shutdown::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        switchboard_shared::termination_signal().await;
-        tracing::info!("shutting down");
-        signal.cancel();
-    });
+    let shutdown = switchboard_shared::shutdown_on_signal();
     switchboard_workers::run(cfg, &services, shutdown).await?;
     Ok(())
 }

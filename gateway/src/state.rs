@@ -1,0 +1,43 @@
+//! Gateway-wide state shared by every task: configuration, identity, the bus
+//! connection, the live connections, the room feeds and the request
+//! deadlines, plus the readiness and drain flags.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use switchboard_shared::Shutdown;
+use switchboard_shared::auth::Authenticator;
+use switchboard_shared::config::Config;
+use switchboard_shared::ids::GatewayId;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use crate::feeds::Feeds;
+use crate::registry::Registry;
+use crate::requests::Timeouts;
+
+/// Gateway-wide state shared by every task.
+pub struct State {
+    pub cfg: Config,
+    pub gw: GatewayId,
+    pub auth: Authenticator,
+    pub nats: async_nats::Client,
+    pub registry: Registry,
+    pub feeds: Feeds,
+    pub timeouts: Timeouts,
+    pub conn_limit: Arc<Semaphore>,
+    pub draining: AtomicBool,
+    pub started: Instant,
+    pub shutdown: Shutdown,
+    /// Every per-connection task (HTTP connections, sockets, readers) and
+    /// feed task, so a drain can wait for all of them.
+    pub tasks: TaskTracker,
+}
+
+impl State {
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed)
+            && self.nats.connection_state() == async_nats::connection::State::Connected
+    }
+}
