@@ -239,6 +239,11 @@ impl Authenticator {
                 None => Err(AuthError::MissingClaim(name.to_owned())),
             }
         };
+        // `iss` is one StringOrURI (RFC 7519 §4.1.1); the validation above
+        // would also take a list that contains the issuer.
+        if self.issuer.is_some() {
+            string_claim("iss")?;
+        }
         let user = UserId::parse(string_claim("sub")?).map_err(|e| AuthError::BadClaim {
             claim: "sub".into(),
             reason: e.to_string(),
@@ -277,9 +282,14 @@ impl Authenticator {
                 });
             }
         };
+        // Read as the validation read it: a fractional `exp` is accepted
+        // there, rounded to whole seconds.
         let expires_at = claims
             .get("exp")
-            .and_then(Value::as_u64)
+            .and_then(|v| {
+                v.as_u64()
+                    .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f.round() as u64))
+            })
             .unwrap_or_default();
         Ok(Identity {
             tenant,
@@ -462,6 +472,11 @@ mod tests {
         let mut claims = full.clone();
         claims["iss"] = serde_json::json!("https://evil.example");
         assert_eq!(a.verify(&sign(&claims, secret)), Err(AuthError::Issuer));
+        claims["iss"] = serde_json::json!(["https://id.example"]);
+        assert!(matches!(
+            a.verify(&sign(&claims, secret)),
+            Err(AuthError::BadClaim { claim, .. }) if claim == "iss"
+        ));
         // An audience list naming us is accepted; one that does not is not.
         let mut claims = full.clone();
         claims["aud"] = serde_json::json!(["other", "switchboard"]);
@@ -543,6 +558,14 @@ mod tests {
         assert!(!Identity::may_access(&g(&["team-*"]), "team"));
         assert!(!Identity::may_access(&g(&["team"]), "team-1"));
         assert!(!Identity::may_access(&[], "team"));
+    }
+
+    #[test]
+    fn a_fractional_exp_is_read_as_validation_read_it() {
+        let exp = exp_in(60);
+        let claims = serde_json::json!({"sub": "u", "app": "demo", "exp": exp as f64 + 0.4});
+        let id = auth(None).verify(&sign(&claims, crate::config::DEV_SECRET));
+        assert_eq!(id.map(|i| i.expires_at), Ok(exp as u64));
     }
 
     #[test]
