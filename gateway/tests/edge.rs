@@ -264,6 +264,11 @@ async fn malformed_frames_get_typed_errors_and_the_connection_carries_on() {
             json!("h"),
             "bad_request",
         ),
+        (
+            r#"{"id":"i","op":"rooms.publish","data":{"room":"x","data":1e999}}"#,
+            json!("i"),
+            "bad_request",
+        ),
     ];
     for (frame, id, code) in cases {
         c.send_text(frame).await;
