@@ -108,12 +108,68 @@ pub fn parse_request<'a>(
             format!("unknown op {:?}", truncate(op, 80)),
         ));
     }
+    if let Some(data) = raw.data
+        && let Err(e) = serde_json::from_str::<Readable>(data.get())
+    {
+        return Err(refuse(
+            ErrorCode::BadRequest,
+            format!("`data` cannot be read: {e}"),
+        ));
+    }
     Ok(ClientRequest {
         id,
         service,
         op: op_name,
         data: raw.data.map_or(b"null".as_slice(), |d| d.get().as_bytes()),
     })
+}
+
+/// A JSON value walked without being kept, to refuse what the syntax-only
+/// scan of `RawValue` lets through but a decoder cannot read: a number
+/// beyond the range of a 64-bit float (`1e999`, or 400 digits). Passed on,
+/// it would reach other members' clients, and many decoders reject it.
+struct Readable;
+
+impl<'de> Deserialize<'de> for Readable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Readable)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Readable {
+    type Value = Readable;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_unit<E>(self) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Readable, A::Error> {
+        while seq.next_element::<Readable>()?.is_some() {}
+        Ok(Readable)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Readable, A::Error> {
+        while map.next_key::<Readable>()?.is_some() {
+            map.next_value::<Readable>()?;
+        }
+        Ok(Readable)
+    }
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -233,6 +289,22 @@ mod tests {
             let f = format!(r#"{{"id":1,"op":"{op}"}}"#);
             assert_eq!(code(&f), (Some("1".into()), ErrorCode::UnknownOp), "{op}");
         }
+    }
+
+    #[test]
+    fn data_with_numbers_no_decoder_can_read_is_refused() {
+        let huge_int = "9".repeat(400);
+        for data in ["1e999", "[1,{\"a\":-1E+400}]", huge_int.as_str()] {
+            let f = format!(r#"{{"id":1,"op":"rooms.publish","data":{data}}}"#);
+            assert_eq!(
+                code(&f),
+                (Some("1".into()), ErrorCode::BadRequest),
+                "{data}"
+            );
+        }
+        let s = services();
+        let ok = r#"{"id":1,"op":"rooms.publish","data":{"n":[1e300,-5,1.5e-400,18446744073709551616],"s":"\u00e9"}}"#;
+        assert!(parse_request(ok, &s).is_ok());
     }
 
     #[test]

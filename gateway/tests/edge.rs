@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use switchboard_shared::config::Config;
-use switchboard_test_harness::client::{closed, connect_raw};
+use switchboard_test_harness::client::{ConnectError, closed, connect_raw};
 use switchboard_test_harness::stack::token;
 use switchboard_test_harness::{Client, Gateway, Stack, Workers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -135,6 +135,52 @@ async fn bad_tokens_are_refused_with_401_before_the_upgrade() {
 }
 
 #[tokio::test]
+async fn configured_claims_are_required_and_grants_must_be_valid() {
+    let (_s, cfg, _w, gw) = setup(|c| {
+        c.auth.audience = Some("switchboard".into());
+        c.auth.issuer = Some("https://id.example".into());
+    })
+    .await;
+    let secret = cfg.auth.hs256_secret.clone().unwrap();
+    let url = gw.ws_url();
+    let claims = |rooms: serde_json::Value| {
+        json!({"sub": "u", "app": "demo", "exp": now() + 60, "aud": "switchboard",
+            "iss": "https://id.example", "rooms": rooms})
+    };
+    let mut cases = Vec::new();
+    for claim in ["aud", "iss"] {
+        let mut c = claims(json!([]));
+        c.as_object_mut().unwrap().remove(claim);
+        cases.push((c, format!("lacks claim `{claim}`")));
+    }
+    for bad in ["a.b", "a>", "d e", "", "a*b", &"x".repeat(65)] {
+        cases.push((claims(json!(["lobby", bad])), format!("grant {bad:?}")));
+    }
+    for (c, why) in cases {
+        match Client::connect(&url, &jwt(c.clone(), &secret)).await.err() {
+            Some(ConnectError::Http { status, body }) => {
+                let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(
+                    (status, &body["error"]["code"]),
+                    (401, &json!("unauthorized"))
+                );
+                let msg = body["error"]["message"].as_str().unwrap_or_default();
+                assert!(msg.contains(&why), "{why}: {msg}");
+            }
+            other => panic!("{c}: {other:?}"),
+        }
+    }
+    // Valid grants still connect, and they open the private rooms they name.
+    let good = jwt(claims(json!(["lobby", "team-*"])), &secret);
+    let mut c = Client::connect(&url, &good).await.unwrap();
+    c.ok("rooms.create", json!({"room": "team-1", "private": true}))
+        .await;
+    c.ok("rooms.join", json!({"room": "team-1"})).await;
+    let other = json!({"room": "other", "private": true});
+    assert_eq!(c.err("rooms.create", other).await, "forbidden");
+}
+
+#[tokio::test]
 async fn handshake_rules_origin_protocol_and_health() {
     let (_s, cfg, _w, gw) =
         setup(|c| c.gateway.allowed_origins = vec!["https://app.example".into()]).await;
@@ -217,6 +263,11 @@ async fn malformed_frames_get_typed_errors_and_the_connection_carries_on() {
         (
             r#"{"id":"h","op":"rooms.publish","data":{"room":"x"}}"#,
             json!("h"),
+            "bad_request",
+        ),
+        (
+            r#"{"id":"i","op":"rooms.publish","data":{"room":"x","data":1e999}}"#,
+            json!("i"),
             "bad_request",
         ),
     ];

@@ -2,17 +2,18 @@
 //!
 //! The accepted algorithms come from configuration only: the token's header
 //! picks among them and can never add one (`alg: none` is refused outright).
-//! `exp` is required; `nbf`, `iss` and `aud` are checked when configured.
-//! Claims give the user (`sub`), the app/tenant (configurable claim, `app` by
-//! default) and optional room grants (`rooms`: ids or `prefix*` patterns) that
-//! private rooms require.
+//! `exp` is required; `nbf` is checked when present; `iss` and `aud`, when
+//! configured, are required and must match (RFC 8725 §3.9). Claims give the
+//! user (`sub`), the app/tenant (configurable claim, `app` by default) and
+//! optional room grants (`rooms`: ids or `prefix*` patterns) that private
+//! rooms require; every grant is checked with the rules of room ids.
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
 
 use crate::config::AuthConfig;
-use crate::ids::{TenantId, UserId};
+use crate::ids::{IdError, RoomId, TenantId, UserId};
 
 /// Who a connection is, from a verified token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,13 +27,42 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Whether the grants allow `room` (for private rooms).
+    /// Whether the grants allow `room` (for private rooms). Grants are
+    /// checked by [`check_grant`] when the token is verified.
     pub fn may_access(grants: &[String], room: &str) -> bool {
         grants.iter().any(|g| match g.strip_suffix('*') {
             Some(prefix) => room.starts_with(prefix),
             None => g == room,
         })
     }
+}
+
+/// Checks one room grant: a room id (exact), or a room-id prefix followed by
+/// one `*` (`*` alone grants every room). The prefix follows the rules of
+/// [`RoomId`], so a grant can hold no `.`, `>`, whitespace, inner `*` or
+/// other character a room id cannot have, and is at most
+/// [`crate::ids::MAX_ID_LEN`] bytes before its `*`.
+pub fn check_grant(grant: &str) -> Result<(), IdError> {
+    match grant.strip_suffix('*') {
+        Some("") => Ok(()),
+        Some(prefix) => RoomId::parse(prefix).map(drop),
+        None => RoomId::parse(grant).map(drop),
+    }
+}
+
+/// At most this many bytes of a refused value are quoted back in an error.
+const QUOTE_MAX: usize = 80;
+
+/// `s` quoted for an error message, cut at [`QUOTE_MAX`] bytes.
+fn quote(s: &str) -> String {
+    if s.len() <= QUOTE_MAX {
+        return format!("{s:?}");
+    }
+    let mut end = QUOTE_MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}…", &s[..end])
 }
 
 /// Why a token was refused. The `Display` text is safe to show the client; it
@@ -168,14 +198,21 @@ impl Authenticator {
         validation.leeway = self.leeway;
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured audience or issuer is required, not only checked
+        // when the token happens to carry it (RFC 8725 §3.9).
+        let mut required = vec!["exp", "sub"];
         match &self.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
         if let Some(iss) = &self.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation).map_err(
             |e| match e.kind() {
                 ErrorKind::InvalidSignature => AuthError::Signature,
@@ -202,6 +239,11 @@ impl Authenticator {
                 None => Err(AuthError::MissingClaim(name.to_owned())),
             }
         };
+        // `iss` is one StringOrURI (RFC 7519 §4.1.1); the validation above
+        // would also take a list that contains the issuer.
+        if self.issuer.is_some() {
+            string_claim("iss")?;
+        }
         let user = UserId::parse(string_claim("sub")?).map_err(|e| AuthError::BadClaim {
             claim: "sub".into(),
             reason: e.to_string(),
@@ -217,10 +259,19 @@ impl Authenticator {
             Some(Value::Array(items)) => items
                 .iter()
                 .map(|v| match v {
-                    Value::String(s) if s.len() <= 128 => Ok(s.clone()),
+                    Value::String(s) => match check_grant(s) {
+                        Ok(()) => Ok(s.clone()),
+                        Err(e) => Err(AuthError::BadClaim {
+                            claim: "rooms".into(),
+                            reason: format!(
+                                "grant {} is neither a room id nor a `prefix*` pattern: {e}",
+                                quote(s)
+                            ),
+                        }),
+                    },
                     _ => Err(AuthError::BadClaim {
                         claim: "rooms".into(),
-                        reason: "must be a list of room ids or patterns".into(),
+                        reason: "must be a list of room ids or `prefix*` patterns".into(),
                     }),
                 })
                 .collect::<Result<_, _>>()?,
@@ -231,9 +282,14 @@ impl Authenticator {
                 });
             }
         };
+        // Read as the validation read it: a fractional `exp` is accepted
+        // there, rounded to whole seconds.
         let expires_at = claims
             .get("exp")
-            .and_then(Value::as_u64)
+            .and_then(|v| {
+                v.as_u64()
+                    .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f.round() as u64))
+            })
             .unwrap_or_default();
         Ok(Identity {
             tenant,
@@ -383,6 +439,133 @@ mod tests {
             Err(AuthError::MissingClaim("app".into()))
         );
         assert_eq!(a.verify("not a token"), Err(AuthError::Malformed));
+    }
+
+    fn auth_with(audience: Option<&str>, issuer: Option<&str>) -> Authenticator {
+        let cfg = AuthConfig {
+            audience: audience.map(str::to_owned),
+            issuer: issuer.map(str::to_owned),
+            ..AuthConfig::default()
+        };
+        Authenticator::from_config(&cfg).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_configured_audience_or_issuer_is_required() {
+        let secret = crate::config::DEV_SECRET;
+        let a = auth_with(Some("switchboard"), Some("https://id.example"));
+        let full = serde_json::json!({"sub": "u", "app": "demo", "exp": exp_in(60),
+            "aud": "switchboard", "iss": "https://id.example"});
+        assert!(a.verify(&sign(&full, secret)).is_ok());
+        for (drop, err) in [
+            ("aud", AuthError::MissingClaim("aud".into())),
+            ("iss", AuthError::MissingClaim("iss".into())),
+        ] {
+            let mut claims = full.clone();
+            claims.as_object_mut().map(|m| m.remove(drop));
+            assert_eq!(a.verify(&sign(&claims, secret)), Err(err), "without {drop}");
+        }
+        // A claim of the wrong type is no better than a missing one.
+        let mut claims = full.clone();
+        claims["aud"] = serde_json::json!(7);
+        assert!(a.verify(&sign(&claims, secret)).is_err());
+        let mut claims = full.clone();
+        claims["iss"] = serde_json::json!("https://evil.example");
+        assert_eq!(a.verify(&sign(&claims, secret)), Err(AuthError::Issuer));
+        claims["iss"] = serde_json::json!(["https://id.example"]);
+        assert!(matches!(
+            a.verify(&sign(&claims, secret)),
+            Err(AuthError::BadClaim { claim, .. }) if claim == "iss"
+        ));
+        // An audience list naming us is accepted; one that does not is not.
+        let mut claims = full.clone();
+        claims["aud"] = serde_json::json!(["other", "switchboard"]);
+        assert!(a.verify(&sign(&claims, secret)).is_ok());
+        claims["aud"] = serde_json::json!([]);
+        assert_eq!(a.verify(&sign(&claims, secret)), Err(AuthError::Audience));
+
+        // Not configured: neither is required.
+        let plain = serde_json::json!({"sub": "u", "app": "demo", "exp": exp_in(60)});
+        assert!(auth_with(None, None).verify(&sign(&plain, secret)).is_ok());
+    }
+
+    #[test]
+    fn room_grants_must_be_ids_or_prefix_patterns() {
+        let a = auth(None);
+        let secret = crate::config::DEV_SECRET;
+        let with_rooms = |rooms: serde_json::Value| {
+            let claims =
+                serde_json::json!({"sub": "u", "app": "demo", "exp": exp_in(60), "rooms": rooms});
+            a.verify(&sign(&claims, secret))
+        };
+        let long = "x".repeat(crate::ids::MAX_ID_LEN + 1);
+        let long_prefix = format!("{long}*");
+        for bad in [
+            "a.b",
+            "a>",
+            ">",
+            "d e",
+            "",
+            "a*b",
+            "**",
+            "*a",
+            "a**",
+            "a:b",
+            "{a}",
+            "é",
+            "a\n",
+            &long,
+            &long_prefix,
+        ] {
+            match with_rooms(serde_json::json!(["ok", bad])) {
+                Err(AuthError::BadClaim { claim, reason }) => {
+                    assert_eq!(claim, "rooms");
+                    let shown = format!("{:?}", &bad[..bad.len().min(QUOTE_MAX)]);
+                    assert!(reason.contains(&shown), "{bad:?}: {reason}");
+                }
+                other => panic!("grant {bad:?}: {other:?}"),
+            }
+        }
+        // The reason quotes a long grant only in part.
+        let huge = "y.".repeat(5000);
+        let err = with_rooms(serde_json::json!([huge]))
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.as_ref().is_some_and(|e| e.len() < 300), "{err:?}");
+        for bad_shape in [serde_json::json!("couple-*"), serde_json::json!([1])] {
+            assert!(matches!(
+                with_rooms(bad_shape),
+                Err(AuthError::BadClaim { .. })
+            ));
+        }
+
+        let max_id = "r".repeat(crate::ids::MAX_ID_LEN);
+        let max_prefix = format!("{max_id}*");
+        let good = ["lobby", "couple-*", "*", "A_b-9", &max_id, &max_prefix];
+        let id = with_rooms(serde_json::json!(good)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(id.grants, good);
+        assert!(Identity::may_access(&id.grants, "lobby"));
+        assert!(Identity::may_access(&id.grants, "couple-7"));
+        assert!(with_rooms(serde_json::json!([])).is_ok());
+        assert!(with_rooms(serde_json::Value::Null).is_ok());
+    }
+
+    #[test]
+    fn grant_patterns_only_match_what_they_name() {
+        let g = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(Identity::may_access(&g(&["*"]), "anything"));
+        assert!(Identity::may_access(&g(&["team-*"]), "team-"));
+        assert!(!Identity::may_access(&g(&["team-*"]), "team"));
+        assert!(!Identity::may_access(&g(&["team"]), "team-1"));
+        assert!(!Identity::may_access(&[], "team"));
+    }
+
+    #[test]
+    fn a_fractional_exp_is_read_as_validation_read_it() {
+        let exp = exp_in(60);
+        let claims = serde_json::json!({"sub": "u", "app": "demo", "exp": exp as f64 + 0.4});
+        let id = auth(None).verify(&sign(&claims, crate::config::DEV_SECRET));
+        assert_eq!(id.map(|i| i.expires_at), Ok(exp as u64));
     }
 
     #[test]
