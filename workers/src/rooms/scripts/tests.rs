@@ -3,6 +3,7 @@
 
 use deadpool_redis::redis::Value;
 
+use super::history::{Entry, entries};
 use super::*;
 use crate::error::ErrorKind;
 
