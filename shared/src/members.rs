@@ -265,7 +265,9 @@ mod tests {
         for bad in ["", "app", "a.b|u", "app|", "*|u"] {
             assert_eq!(TenantUser::parse(bad), None, "{bad:?}");
         }
-        for bad in ["", "app", "app:", ":r", "app:r:x", "a.b:r", "app:r>", "app|r"] {
+        for bad in [
+            "", "app", "app:", ":r", "app:r:x", "a.b:r", "app:r>", "app|r",
+        ] {
             assert_eq!(TenantRoom::parse(bad), None, "{bad:?}");
         }
         for bad in ["app|r", "app|r.x|u", "a pp|r|u", "app|r|"] {
