@@ -6,7 +6,8 @@ use crate::ids::{CallId, GatewayId, RoomId, TenantId, UserId};
 /// The keys that hold one room's state.
 #[derive(Debug, Clone)]
 pub struct RoomKeys {
-    /// Hash: max_members, private, created_by, created_at, seq.
+    /// Hash: max_members, private, created_by, created_at, seq, and one
+    /// [`RoomKeys::allow_field`] per user a private room admits by name.
     pub meta: String,
     /// Hash: `<gateway>:<conn>` → user id, one field per member connection.
     pub conns: String,
@@ -34,6 +35,12 @@ impl RoomKeys {
             delivered: format!("{tag}:delivered"),
             reactions: format!("{tag}:reactions"),
         }
+    }
+
+    /// The `meta` field that lets `user` into a private room without a grant
+    /// (`allow:<user>`; the join script builds the same name).
+    pub fn allow_field(user: &UserId) -> String {
+        format!("allow:{user}")
     }
 
     /// In the order the Lua scripts expect them as KEYS.
@@ -213,6 +220,14 @@ mod tests {
         for key in k.all() {
             assert!(key.starts_with("sb:{room:app:r1}:"), "{key}");
         }
+    }
+
+    #[test]
+    fn allow_fields_name_the_user_verbatim() {
+        // The join script looks up `'allow:' .. <user id>`: the field must be
+        // the raw id, whatever separators it holds.
+        let u = UserId::parse("a:b|c{x}@example.com").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(RoomKeys::allow_field(&u), "allow:a:b|c{x}@example.com");
     }
 
     fn hash_tag(key: &str) -> &str {

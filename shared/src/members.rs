@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | [`ConnMember`] | `<gateway>:<conn>` | room members, a user's connections |
 //! | [`TenantUser`] | `<tenant>\|<user>` | a gateway's connections |
+//! | [`TenantRoom`] | `<tenant>:<room>` | the rooms a connection is in |
 //! | [`TypingEntry`] | `<tenant>\|<room>\|<user>` | typing deadlines |
 //! | [`CallEntry`] | `<tenant>\|<call>` | ringing and grace deadlines |
 //! | [`TicketOwner`] | `<gateway>\|<conn>\|<user>` | matchmaking ticket owners |
@@ -69,6 +70,36 @@ impl TenantUser {
 impl fmt::Display for TenantUser {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}|{}", self.tenant, self.user)
+    }
+}
+
+/// One room of one app: `<tenant>:<room>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TenantRoom {
+    pub tenant: TenantId,
+    pub room: RoomId,
+}
+
+impl TenantRoom {
+    pub fn new(tenant: &TenantId, room: &RoomId) -> Self {
+        Self {
+            tenant: tenant.clone(),
+            room: room.clone(),
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        let (t, r) = s.split_once(':')?;
+        Some(Self {
+            tenant: TenantId::parse(t).ok()?,
+            room: RoomId::parse(r).ok()?,
+        })
+    }
+}
+
+impl fmt::Display for TenantRoom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.tenant, self.room)
     }
 }
 
@@ -198,6 +229,9 @@ mod tests {
             user: u.clone(),
         };
         assert_eq!(TenantUser::parse(&tu.to_string()), Some(tu));
+        let tr = TenantRoom::new(&t, &r);
+        assert_eq!(tr.to_string(), "app:room_1");
+        assert_eq!(TenantRoom::parse(&tr.to_string()), Some(tr));
         let te = TypingEntry {
             tenant: t.clone(),
             room: r.clone(),
@@ -230,6 +264,11 @@ mod tests {
         }
         for bad in ["", "app", "a.b|u", "app|", "*|u"] {
             assert_eq!(TenantUser::parse(bad), None, "{bad:?}");
+        }
+        for bad in [
+            "", "app", "app:", ":r", "app:r:x", "a.b:r", "app:r>", "app|r",
+        ] {
+            assert_eq!(TenantRoom::parse(bad), None, "{bad:?}");
         }
         for bad in ["app|r", "app|r.x|u", "a pp|r|u", "app|r|"] {
             assert_eq!(TypingEntry::parse(bad), None, "{bad:?}");

@@ -1,0 +1,215 @@
+//! The scripts of a room's history: publish (sequence and store) and read.
+
+use std::sync::LazyLock;
+
+use deadpool_redis::redis::{Script, Value};
+use switchboard_shared::ids::UserId;
+use switchboard_shared::keys::RoomKeys;
+use switchboard_shared::members::ConnMember;
+
+use super::{Conn, bool_arg, count, reply};
+use crate::error::ServiceError;
+
+/// ARGV: member field, now_ms, json head, json tail, history_max, cutoff_ms,
+/// user. The stored message is `head .. seq .. tail`; the sender's read
+/// marker moves to it (sending implies having read the conversation).
+/// Returns {seq, message} or {-4, ''} when the connection is not a member.
+static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {-4, ''} end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local m = ARGV[3] .. seq .. ARGV[4]
+redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[5], seq .. '-0', 't', ARGV[2], 'm', m)
+local cutoff = tonumber(ARGV[6])
+local old = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 8)
+for _, e in ipairs(old) do
+  if tonumber(e[2][2]) < cutoff then redis.call('XDEL', KEYS[4], e[1]) else break end
+end
+local r = tonumber(redis.call('HGET', KEYS[5], ARGV[7]) or '0')
+if seq > r then redis.call('HSET', KEYS[5], ARGV[7], seq) end
+return {seq, m}
+"#,
+    )
+});
+
+/// What [`publish`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Publish {
+    /// Stored as `seq`; `message` is the stored JSON.
+    Stored {
+        seq: u64,
+        message: String,
+    },
+    NotMember,
+}
+
+impl Publish {
+    pub(super) fn decode((seq, message): (i64, String)) -> Result<Self, ServiceError> {
+        match seq {
+            -4 => Ok(Self::NotMember),
+            s if s >= 1 => Ok(Self::Stored {
+                seq: count("PUBLISH", s)?,
+                message,
+            }),
+            other => Err(ServiceError::script("PUBLISH", other)),
+        }
+    }
+}
+
+/// A message to store: the JSON `head .. seq .. tail`, sent at `ts_ms`.
+#[derive(Debug, Clone, Copy)]
+pub struct NewMessage<'a> {
+    pub member: &'a ConnMember,
+    pub user: &'a UserId,
+    pub ts_ms: u64,
+    pub head: &'a str,
+    pub tail: &'a str,
+    /// Most entries the history keeps.
+    pub history_max: u64,
+    /// Entries older than this (ms) are dropped from the history's front.
+    pub cutoff_ms: u64,
+}
+
+pub async fn publish(
+    r: &mut Conn,
+    k: &RoomKeys,
+    m: NewMessage<'_>,
+) -> Result<Publish, ServiceError> {
+    let v: Value = PUBLISH
+        .key(k.all().as_slice())
+        .arg(m.member.to_string())
+        .arg(m.ts_ms)
+        .arg(m.head)
+        .arg(m.tail)
+        .arg(m.history_max)
+        .arg(m.cutoff_ms)
+        .arg(m.user.as_str())
+        .invoke_async(r)
+        .await?;
+    Publish::decode(reply("PUBLISH", &v)?)
+}
+
+/// ARGV: start id, end id, count, reverse (0/1).
+/// Returns {status, head_seq, oldest entry (array, maybe empty), entries}.
+static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0, {}, {}} end
+local head = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local oldest = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)
+local items
+if ARGV[4] == '1' then
+  items = redis.call('XREVRANGE', KEYS[4], ARGV[2], ARGV[1], 'COUNT', ARGV[3])
+else
+  items = redis.call('XRANGE', KEYS[4], ARGV[1], ARGV[2], 'COUNT', ARGV[3])
+end
+return {1, head, oldest, items}
+"#,
+    )
+});
+
+/// One history entry: stream id `<seq>-0`, fields `t` (ms) and `m` (JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub seq: u64,
+    pub t_ms: u64,
+    pub message: String,
+}
+
+/// What [`read`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    NoRoom,
+    Page {
+        head_seq: u64,
+        /// The oldest entry the history still holds.
+        oldest: Option<Entry>,
+        /// The entries asked for, in the order asked for.
+        entries: Vec<Entry>,
+    },
+}
+
+impl Read {
+    pub(super) fn decode(v: &Value) -> Result<Self, ServiceError> {
+        let bad = || ServiceError::script("READ", v);
+        let Value::Array(parts) = v else {
+            return Err(bad());
+        };
+        let [status, head, oldest, items] = parts.as_slice() else {
+            return Err(bad());
+        };
+        match reply::<i64>("READ", status)? {
+            -1 => Ok(Self::NoRoom),
+            1 => Ok(Self::Page {
+                head_seq: reply("READ", head)?,
+                oldest: entries(oldest)?.into_iter().next(),
+                entries: entries(items)?,
+            }),
+            other => Err(ServiceError::script("READ", other)),
+        }
+    }
+}
+
+/// Parses XRANGE output (`[[id, [field, value, …]], …]`) into entries.
+pub(super) fn entries(v: &Value) -> Result<Vec<Entry>, ServiceError> {
+    let bad = || ServiceError::script("READ", v);
+    let list = match v {
+        Value::Array(list) => list,
+        Value::Nil => return Ok(Vec::new()),
+        _ => return Err(bad()),
+    };
+    list.iter()
+        .map(|e| {
+            let Value::Array(parts) = e else {
+                return Err(bad());
+            };
+            let [id, Value::Array(fields)] = parts.as_slice() else {
+                return Err(bad());
+            };
+            let id: String = reply("READ", id)?;
+            let seq = id
+                .split('-')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(bad)?;
+            let (mut t_ms, mut message) = (None, None);
+            for pair in fields.chunks(2) {
+                let [name, value] = pair else {
+                    return Err(bad());
+                };
+                match reply::<String>("READ", name)?.as_str() {
+                    "t" => t_ms = Some(reply("READ", value)?),
+                    "m" => message = Some(reply("READ", value)?),
+                    _ => {}
+                }
+            }
+            Ok(Entry {
+                seq,
+                t_ms: t_ms.ok_or_else(bad)?,
+                message: message.ok_or_else(bad)?,
+            })
+        })
+        .collect()
+}
+
+/// Reads history between stream ids `start` and `end` (`-`/`+` for the
+/// ends), at most `count` entries, newest first when `reverse`.
+pub async fn read(
+    r: &mut Conn,
+    k: &RoomKeys,
+    start: &str,
+    end: &str,
+    count: u64,
+    reverse: bool,
+) -> Result<Read, ServiceError> {
+    let v: Value = READ
+        .key(k.all().as_slice())
+        .arg(start)
+        .arg(end)
+        .arg(count)
+        .arg(bool_arg(reverse))
+        .invoke_async(r)
+        .await?;
+    Read::decode(&v)
+}
