@@ -399,4 +399,12 @@ async fn mesh_signaling_reaches_only_the_named_member_of_the_room() {
         .await,
         "not_member"
     );
+    assert_eq!(
+        a.err(
+            "signaling.room_signal",
+            json!({"room": "nowhere", "to": "b", "kind": "offer", "data": {}})
+        )
+        .await,
+        "not_found"
+    );
 }

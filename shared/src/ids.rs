@@ -111,6 +111,24 @@ impl RoomId {
     }
 }
 
+impl CallId {
+    /// A fresh call id: `c`, the creation time in ms (13 digits), then 16
+    /// random hex digits; 30 characters in all.
+    pub fn generate() -> Self {
+        let r: u64 = rand::random();
+        Self(format!("c{:013}{r:016x}", crate::now_ms()))
+    }
+
+    /// Parses `s` only if it has the shape [`CallId::generate`] gives
+    /// (stricter than [`CallId::parse`]): clients only ever name calls they
+    /// were told of, so anything else is refused before it reaches a key.
+    pub fn parse_generated(s: &str) -> Option<Self> {
+        let shaped =
+            s.len() == 30 && s.starts_with('c') && s.bytes().skip(1).all(|b| b.is_ascii_hexdigit());
+        shaped.then(|| Self(s.to_owned()))
+    }
+}
+
 impl GatewayId {
     /// A fresh random gateway id (`gw` + 10 base-32 characters).
     pub fn generate() -> Self {
@@ -235,6 +253,25 @@ mod tests {
         assert_ne!(pod, GatewayId::for_boot("switchboard-gateway-7d9f8c-x2x1q"));
         let long = GatewayId::for_boot(&"p".repeat(200));
         assert_eq!(GatewayId::parse(long.as_str()), Ok(long));
+        let call = CallId::generate();
+        assert_eq!(CallId::parse(call.as_str()), Ok(call.clone()));
+        assert_eq!(CallId::parse_generated(call.as_str()), Some(call.clone()));
+        assert_ne!(call, CallId::generate());
+    }
+
+    #[test]
+    fn call_ids_from_clients_must_look_generated() {
+        let call = CallId::generate();
+        assert_eq!(call.as_str().len(), 30);
+        for bad in [
+            "c123".to_owned(),
+            format!("x{}", &call.as_str()[1..]),
+            format!("{}g", &call.as_str()[..29]),
+            format!("{call}0"),
+            format!("c{}", "-".repeat(29)),
+        ] {
+            assert_eq!(CallId::parse_generated(&bad), None, "{bad:?}");
+        }
     }
 
     #[test]

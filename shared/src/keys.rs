@@ -152,7 +152,8 @@ pub fn conn_call(gw: &GatewayId, conn: u64) -> String {
 /// Sorted set of [`crate::members::CallEntry`] by ring deadline (ms).
 pub const CALLS_RINGING: &str = "sb:calls:ringing";
 
-/// Sorted set of [`crate::members::CallEntry`] by reconnect-grace deadline (ms).
+/// Sorted set of [`crate::members::CallPartyEntry`] by reconnect-grace
+/// deadline (ms): the parties that dropped out of an active call.
 pub const CALLS_GRACE: &str = "sb:calls:grace";
 
 /// Set of app ids with a matchmaking queue, for the matching passes.

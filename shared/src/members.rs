@@ -9,7 +9,8 @@
 //! | [`TenantUser`] | `<tenant>\|<user>` | a gateway's connections |
 //! | [`TenantRoom`] | `<tenant>:<room>` | the rooms a connection is in |
 //! | [`TypingEntry`] | `<tenant>\|<room>\|<user>` | typing deadlines |
-//! | [`CallEntry`] | `<tenant>\|<call>` | ringing and grace deadlines |
+//! | [`CallEntry`] | `<tenant>\|<call>` | ringing deadlines |
+//! | [`CallPartyEntry`] | `<tenant>\|<call>\|<role>` | reconnect-grace deadlines |
 //! | [`TicketOwner`] | `<gateway>\|<conn>\|<user>` | matchmaking ticket owners |
 //! | [`ReactionField`] | `<seq>\|<emoji>\|<user>` | a room's reactions |
 //!
@@ -151,6 +152,72 @@ impl fmt::Display for CallEntry {
     }
 }
 
+/// A side of a call; also the prefix of that side's fields in the call's
+/// hash (`caller_conn`, `callee_grace`…).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallRole {
+    Caller,
+    Callee,
+}
+
+impl CallRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Caller => "caller",
+            Self::Callee => "callee",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "caller" => Some(Self::Caller),
+            "callee" => Some(Self::Callee),
+            _ => None,
+        }
+    }
+
+    /// The other side.
+    pub fn other(self) -> Self {
+        match self {
+            Self::Caller => Self::Callee,
+            Self::Callee => Self::Caller,
+        }
+    }
+}
+
+impl fmt::Display for CallRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One party of a call with a deadline: `<tenant>|<call>|<role>`. Both
+/// parties of a call may be in their reconnect grace at once, each with
+/// their own deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallPartyEntry {
+    pub tenant: TenantId,
+    pub call: CallId,
+    pub role: CallRole,
+}
+
+impl CallPartyEntry {
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.splitn(3, '|');
+        Some(Self {
+            tenant: TenantId::parse(parts.next()?).ok()?,
+            call: CallId::parse(parts.next()?).ok()?,
+            role: CallRole::parse(parts.next()?)?,
+        })
+    }
+}
+
+impl fmt::Display for CallPartyEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}|{}|{}", self.tenant, self.call, self.role)
+    }
+}
+
 /// The connection that owns a matchmaking ticket: `<gateway>|<conn>|<user>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TicketOwner {
@@ -242,7 +309,18 @@ mod tests {
             tenant: t.clone(),
             call: ok(CallId::parse("c123")),
         };
-        assert_eq!(CallEntry::parse(&ce.to_string()), Some(ce));
+        assert_eq!(CallEntry::parse(&ce.to_string()), Some(ce.clone()));
+        for role in [CallRole::Caller, CallRole::Callee] {
+            assert_eq!(CallRole::parse(role.as_str()), Some(role));
+            assert_ne!(role.other(), role);
+            let cp = CallPartyEntry {
+                tenant: t.clone(),
+                call: ce.call.clone(),
+                role,
+            };
+            assert_eq!(cp.to_string(), format!("app|c123|{role}"));
+            assert_eq!(CallPartyEntry::parse(&cp.to_string()), Some(cp));
+        }
         let to = TicketOwner {
             gw: gw.clone(),
             conn: 7,
@@ -275,6 +353,16 @@ mod tests {
         }
         for bad in ["app", "app|c.1", "app|c>", "|c"] {
             assert_eq!(CallEntry::parse(bad), None, "{bad:?}");
+        }
+        for bad in [
+            "app|c1",
+            "app|c1|",
+            "app|c1|any",
+            "app|c.1|caller",
+            "a.b|c1|callee",
+            "app|c1|caller|x",
+        ] {
+            assert_eq!(CallPartyEntry::parse(bad), None, "{bad:?}");
         }
         for bad in ["gw|1", "gw|x|u", "g*|1|u", "gw|1|"] {
             assert_eq!(TicketOwner::parse(bad), None, "{bad:?}");

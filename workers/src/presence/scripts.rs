@@ -1,13 +1,76 @@
-//! Lua scripts for the presence service. Each touches only one user's keys
-//! (hash tag `{user:<t>:<u>}`). KEYS are `presence_conns, presence`.
+//! Lua scripts for the presence service, and their typed results. Each
+//! touches only one user's keys (hash tag `{user:<t>:<u>}`). KEYS are
+//! `presence_conns, presence`.
 //!
-//! Every script returns the user's effective state as
-//! `{changed (0/1), status, text, last_seen, ver, online (0/1)}`, where
-//! `changed` says whether watchers must be told.
+//! Every script answers the user's effective state as `{changed (0/1),
+//! status, text, last_seen, ver, online (0/1)}`, where `changed` says whether
+//! watchers must be told. The wrappers below are the only way to run a
+//! script; they decode that answer into an [`Update`] here, once.
 
 use std::sync::LazyLock;
 
 use deadpool_redis::redis::Script;
+use switchboard_shared::keys::UserKeys;
+use switchboard_shared::members::ConnMember;
+
+use super::status::State;
+use crate::error::ServiceError;
+
+/// What a presence script answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Update {
+    /// Watchers must be told.
+    pub changed: bool,
+    pub state: State,
+}
+
+/// The raw answer of a presence script.
+type Raw = (i64, String, String, u64, u64, i64);
+
+fn flag(v: i64) -> Option<bool> {
+    match v {
+        0 => Some(false),
+        1 => Some(true),
+        _ => None,
+    }
+}
+
+fn decode(script: &'static str, raw: Raw) -> Result<Update, ServiceError> {
+    let (Some(changed), Some(online)) = (flag(raw.0), flag(raw.5)) else {
+        return Err(ServiceError::script(script, raw));
+    };
+    let (_, status, text, last_seen, ver, _) = raw;
+    Ok(Update {
+        changed,
+        state: State {
+            status,
+            text,
+            last_seen,
+            ver,
+            online,
+        },
+    })
+}
+
+/// How `presence.set` changes the custom status text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TextChange {
+    Keep,
+    Clear,
+    /// Never empty, never contains NUL (the script's "clear" marker).
+    Set(String),
+}
+
+impl TextChange {
+    /// The script's ARGV form: '' keep, '\0' clear.
+    fn arg(&self) -> &str {
+        match self {
+            Self::Keep => "",
+            Self::Clear => "\0",
+            Self::Set(t) => t,
+        }
+    }
+}
 
 const STATE: &str = r#"
 local function state(changed)
@@ -23,7 +86,7 @@ fn with_state(body: &str) -> Script {
 }
 
 /// ARGV: member (`gw:conn`), now_ms. A connection arrives.
-pub static CONNECT: LazyLock<Script> = LazyLock::new(|| {
+static CONNECT: LazyLock<Script> = LazyLock::new(|| {
     with_state(
         r#"
 local added = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -38,7 +101,7 @@ return state(0)
 
 /// ARGV: member, now_ms. A connection leaves; the last one takes the user
 /// offline and sets last_seen.
-pub static DISCONNECT: LazyLock<Script> = LazyLock::new(|| {
+static DISCONNECT: LazyLock<Script> = LazyLock::new(|| {
     with_state(
         r#"
 local removed = redis.call('HDEL', KEYS[1], ARGV[1])
@@ -53,7 +116,7 @@ return state(0)
 });
 
 /// ARGV: status ('' = keep), text ('' = keep, '\0' = clear).
-pub static SET: LazyLock<Script> = LazyLock::new(|| {
+static SET: LazyLock<Script> = LazyLock::new(|| {
     with_state(
         r#"
 if ARGV[1] ~= '' then redis.call('HSET', KEYS[2], 'status', ARGV[1]) end
@@ -66,4 +129,102 @@ return state(1)
 });
 
 /// No ARGV: read the state.
-pub static GET: LazyLock<Script> = LazyLock::new(|| with_state("return state(0)"));
+static GET: LazyLock<Script> = LazyLock::new(|| with_state("return state(0)"));
+
+type Conn = deadpool_redis::Connection;
+
+/// Connection `member` of the user arrives.
+pub async fn connect(
+    r: &mut Conn,
+    k: &UserKeys,
+    member: &ConnMember,
+    now: u64,
+) -> Result<Update, ServiceError> {
+    let raw: Raw = CONNECT
+        .key(&k.presence_conns)
+        .key(&k.presence)
+        .arg(member.to_string())
+        .arg(now)
+        .invoke_async(r)
+        .await?;
+    decode("CONNECT", raw)
+}
+
+/// Connection `member` of the user leaves.
+pub async fn disconnect(
+    r: &mut Conn,
+    k: &UserKeys,
+    member: &ConnMember,
+    now: u64,
+) -> Result<Update, ServiceError> {
+    let raw: Raw = DISCONNECT
+        .key(&k.presence_conns)
+        .key(&k.presence)
+        .arg(member.to_string())
+        .arg(now)
+        .invoke_async(r)
+        .await?;
+    decode("DISCONNECT", raw)
+}
+
+/// The user chooses a status (`None`: keep it) and changes their text.
+pub async fn set(
+    r: &mut Conn,
+    k: &UserKeys,
+    status: Option<&str>,
+    text: &TextChange,
+) -> Result<Update, ServiceError> {
+    let raw: Raw = SET
+        .key(&k.presence_conns)
+        .key(&k.presence)
+        .arg(status.unwrap_or(""))
+        .arg(text.arg())
+        .invoke_async(r)
+        .await?;
+    decode("SET", raw)
+}
+
+/// The user's state.
+pub async fn get(r: &mut Conn, k: &UserKeys) -> Result<State, ServiceError> {
+    let raw: Raw = GET
+        .key(&k.presence_conns)
+        .key(&k.presence)
+        .invoke_async(r)
+        .await?;
+    Ok(decode("GET", raw)?.state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_decode_and_odd_flags_are_refused() {
+        let u = decode("T", (1, "away".into(), "lunch".into(), 5, 7, 0));
+        assert_eq!(
+            u.ok(),
+            Some(Update {
+                changed: true,
+                state: State {
+                    status: "away".into(),
+                    text: "lunch".into(),
+                    last_seen: 5,
+                    ver: 7,
+                    online: false,
+                },
+            })
+        );
+        for bad in [
+            (2, "online".into(), "".into(), 0, 1, 1),
+            (0, "online".into(), "".into(), 0, 1, -1),
+        ] {
+            assert!(matches!(
+                decode("T", bad),
+                Err(ServiceError::Script { script: "T", .. })
+            ));
+        }
+        assert_eq!(TextChange::Keep.arg(), "");
+        assert_eq!(TextChange::Clear.arg(), "\0");
+        assert_eq!(TextChange::Set("hi".into()).arg(), "hi");
+    }
+}

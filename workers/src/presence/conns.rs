@@ -1,0 +1,99 @@
+//! Connection events: a connection registers with its user's presence (and
+//! under its gateway, `keys::gateway_conns`, for the reaper) and leaves it;
+//! heartbeats record when a gateway was last heard of (`keys::GATEWAYS`).
+//!
+//! A `CONNECTED` processed after its `DISCONNECTED` finds the gone marker
+//! (`service::conns`) and undoes itself, so a closed connection never keeps
+//! a user online.
+
+use deadpool_redis::redis;
+use switchboard_shared::conn_events::ConnInfo;
+use switchboard_shared::ids::GatewayId;
+use switchboard_shared::keys::{self, UserKeys};
+use switchboard_shared::members::{ConnMember, TenantUser};
+use switchboard_shared::now_ms;
+
+use super::Presence;
+use super::scripts;
+use crate::error::{LogFailure, ServiceError};
+use crate::service::conns::{is_gone, mark_gone};
+use crate::service::push::event_to_conn;
+
+impl Presence {
+    pub(super) async fn connected(&self, c: &ConnInfo) -> Result<(), ServiceError> {
+        let me = ConnMember::new(&c.gw, c.conn);
+        let k = UserKeys::new(&c.tenant, &c.user);
+        let owner = TenantUser {
+            tenant: c.tenant.clone(),
+            user: c.user.clone(),
+        };
+        let mut r = self.conn().await?;
+        redis::pipe()
+            .hset(keys::gateway_conns(&c.gw), c.conn, owner.to_string())
+            .ignore()
+            .cmd("ZADD")
+            .arg(keys::GATEWAYS)
+            .arg("NX")
+            .arg(now_ms())
+            .arg(c.gw.as_str())
+            .ignore()
+            .query_async::<()>(&mut r)
+            .await
+            .log_failure("indexing a connection under its gateway");
+        let update = scripts::connect(&mut r, &k, &me, now_ms()).await;
+        let gone = is_gone(&mut r, &c.gw, c.conn).await?;
+        drop(r);
+        match update {
+            Ok(u) => {
+                if u.changed {
+                    self.announce(&c.tenant, &c.user, &u.state).await;
+                }
+                if !gone {
+                    // The new device learns the user's own presence (status
+                    // and text may have been set from another device). It
+                    // also tells the device it is now reachable as this user.
+                    let mut data = u.state.to_own_json(&c.user);
+                    data["self"] = serde_json::Value::Bool(true);
+                    event_to_conn(&self.nats, &me, "presence", &data).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, kind = ?e.kind(), "registering a connection's presence failed")
+            }
+        }
+        if gone {
+            // The disconnect was processed first: undo.
+            self.disconnected(c).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn disconnected(&self, c: &ConnInfo) -> Result<(), ServiceError> {
+        let k = UserKeys::new(&c.tenant, &c.user);
+        let mut r = self.conn().await?;
+        mark_gone(&mut redis::pipe(), &c.gw, c.conn)
+            .hdel(keys::gateway_conns(&c.gw), c.conn)
+            .ignore()
+            .query_async::<()>(&mut r)
+            .await
+            .log_failure("marking a connection gone");
+        let u = scripts::disconnect(&mut r, &k, &ConnMember::new(&c.gw, c.conn), now_ms()).await?;
+        drop(r);
+        if u.changed {
+            self.announce(&c.tenant, &c.user, &u.state).await;
+        }
+        Ok(())
+    }
+
+    /// Records when a gateway was last heard of, by this worker's clock.
+    pub(super) async fn heartbeat(&self, gw: &GatewayId) -> Result<(), ServiceError> {
+        let mut r = self.conn().await?;
+        let () = redis::cmd("ZADD")
+            .arg(keys::GATEWAYS)
+            .arg(now_ms())
+            .arg(gw.as_str())
+            .query_async(&mut r)
+            .await?;
+        Ok(())
+    }
+}
