@@ -11,7 +11,11 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use switchboard_proto::bus::{ConnRef, Reply, Request};
+use switchboard_shared::bus;
 use switchboard_shared::config::Config;
+use switchboard_shared::conn_events::{ConnInfo, ConnLifecycle};
+use switchboard_shared::ids::{GatewayId, TenantId, UserId};
 use switchboard_test_harness::stack::token;
 use switchboard_test_harness::{Client, Gateway, Stack, Workers};
 
@@ -428,4 +432,66 @@ async fn estimated_wait_follows_the_recent_match_rate() {
     let est = t["estimated_wait_ms"].as_u64().unwrap();
     // Two tickets matched, counted over at least 10 s: one per 5 s.
     assert!((1..=5_000).contains(&est), "{t}");
+}
+
+/// One matchmaking request over the bus, as a gateway sends it for
+/// connection `conn` of gateway `gwtest-1`.
+async fn ask(nats: &async_nats::Client, conn: u64, op: &str, data: Value) -> Reply {
+    let req = Request {
+        conn: Some(ConnRef {
+            gateway: "gwtest-1".into(),
+            conn,
+        }),
+        tenant: "demo".into(),
+        user: "alice".into(),
+        op: op.into(),
+        payload: data.to_string().into(),
+        ..Request::default()
+    };
+    let msg = tokio::time::timeout(
+        Duration::from_secs(10),
+        nats.request(format!("sb.svc.matchmaking.{op}"), bus::encode(&req)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    bus::decode(&msg.payload).unwrap()
+}
+
+#[tokio::test]
+async fn a_closed_connection_cannot_queue_a_ticket() {
+    // Matchmaking alone: it must keep the connection-gone marker itself.
+    let stack = Stack::start();
+    let _w = Workers::start(stack.config(), &["matchmaking"]).await;
+    let nats = stack.nats_client().await;
+    let r = ask(&nats, 1, "join", eu(10)).await;
+    assert!(r.ok, "{r:?}");
+    let closed = ConnLifecycle::Disconnected(ConnInfo {
+        gw: GatewayId::parse("gwtest-1").unwrap(),
+        conn: 1,
+        tenant: TenantId::parse("demo").unwrap(),
+        user: UserId::parse("alice").unwrap(),
+    });
+    nats.publish("sb.evt.conn", closed.encode()).await.unwrap();
+    // The disconnect takes the ticket (seen from alice's other connection).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ask(&nats, 2, "status", json!({})).await.ok {
+        assert!(Instant::now() < deadline, "ticket outlived its connection");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A join from the closed connection arriving late is refused and
+    // leaves nothing behind, nor takes anything away.
+    let phone = ask(&nats, 2, "join", eu(20)).await;
+    assert!(phone.ok, "{phone:?}");
+    let late = ask(&nats, 1, "join", eu(10)).await;
+    assert_eq!(
+        late.error.map(|e| (e.code, e.message)),
+        Some(("not_found".into(), "connection is closed".into()))
+    );
+    let s: Value = serde_json::from_slice(&ask(&nats, 2, "status", json!({})).await.data).unwrap();
+    assert_eq!(
+        (s["waiting"].clone(), s["props"]["skill"].clone()),
+        (json!(1), json!(20)),
+        "{s}"
+    );
 }

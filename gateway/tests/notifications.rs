@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use switchboard_shared::config::Config;
 use switchboard_test_harness::stack::token;
 use switchboard_test_harness::{Client, Gateway, Stack, Workers};
+use switchboard_workers::notifications::{Notifications, SendReq};
 
 const SERVICES: &[&str] = &["rooms", "presence", "notifications"];
 
@@ -312,4 +313,41 @@ async fn bad_send_requests_get_typed_errors() {
     )
     .await;
     assert_eq!(r["ok"], true);
+}
+
+#[tokio::test]
+async fn back_to_back_notifications_keep_their_send_order() {
+    let cap = 20;
+    let (_s, cfg, _w, gw, nats) = setup(|c| c.notifications.per_user_cap = cap).await;
+    let mut phone = registered(&gw, &cfg, "demo", "u").await;
+    // A burst, as one replica handles it: back to back, without the bus
+    // round trip in between, so many are stored within one millisecond.
+    let pool = switchboard_shared::redis::connect(&cfg.redis)
+        .await
+        .unwrap();
+    let replica = Notifications::new(nats.clone(), pool, cfg.notifications.clone());
+    let sent: Vec<String> = (1..=100).map(|i| format!("t{i:03}")).collect();
+    for kind in &sent {
+        let req: SendReq =
+            serde_json::from_value(json!({"app": "demo", "to": {"user": "u"}, "type": kind}))
+                .unwrap();
+        replica.send(req).await.unwrap();
+    }
+    // Live pushes come in send order.
+    for kind in &sent {
+        assert_eq!(&phone.event("notification").await["type"], kind);
+    }
+    // The store keeps exactly the newest `cap`, newest first.
+    let kept: Vec<String> = sent[sent.len() - cap as usize..].to_vec();
+    let listed = phone.ok("notifications.list", json!({"limit": 200})).await;
+    let newest_first: Vec<String> = kept.iter().rev().cloned().collect();
+    assert_eq!(types(&listed["items"]), newest_first, "list order");
+    assert_eq!(
+        (listed["total"].clone(), listed["unread"].clone()),
+        (json!(cap), json!(cap))
+    );
+    // A device connecting now gets them pending, oldest first.
+    let mut laptop = connect(&gw, &cfg, "demo", "u").await;
+    let pending = laptop.event("notifications").await;
+    assert_eq!(types(&pending["items"]), kept, "pending order");
 }

@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use switchboard_shared::error::{ClientError, ErrorCode};
+use switchboard_shared::ids::{GatewayId, UserId};
+use switchboard_shared::members::{ConnMember, TicketOwner};
 
 /// Most properties on a ticket.
 pub const MAX_PROPS: usize = 32;
@@ -134,6 +136,24 @@ pub struct Ticket {
 }
 
 impl Ticket {
+    /// The connection that owns the ticket; `None` when the stored ids are
+    /// not valid ones (a ticket written by something else).
+    pub fn owner(&self) -> Option<TicketOwner> {
+        Some(TicketOwner {
+            gw: GatewayId::parse(&self.gw).ok()?,
+            conn: self.conn,
+            user: UserId::parse(&self.user).ok()?,
+        })
+    }
+
+    /// Where the ticket's pushes go.
+    pub fn conn_member(&self) -> Option<ConnMember> {
+        Some(ConnMember::new(
+            &GatewayId::parse(&self.gw).ok()?,
+            self.conn,
+        ))
+    }
+
     /// How many optional terms are relaxed after waiting until `now`.
     pub fn relaxed(&self, now: u64, relax_after_secs: &[u64]) -> usize {
         let waited = now.saturating_sub(self.at);

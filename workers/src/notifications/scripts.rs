@@ -1,9 +1,32 @@
-//! Lua scripts for the notification store. Each touches one user's keys
-//! (hash tag `{user:<t>:<u>}`); KEYS are `data, order, expiry, unread`.
+//! Lua scripts for the notification store, and their typed results. Each
+//! script touches one user's keys (hash tag `{user:<t>:<u>}`); KEYS are
+//! `data, order, expiry, unread` ([`keys`]).
+//!
+//! Invariants:
+//! - `order` scores are strictly increasing in the order `STORE` ran for
+//!   that user: a new notification scores `max(created_ms, newest + 1)`, so
+//!   notifications sent within one millisecond (or by workers whose clocks
+//!   disagree) keep their send order, and the cap drops exactly the oldest.
+//!   Scores are therefore "ms or a little later", never read as a time
+//!   (`created_at` is in the notification itself).
+//! - Every script first purges what has expired, so no reply ever names an
+//!   expired notification.
 
+use std::collections::HashSet;
 use std::sync::LazyLock;
 
 use deadpool_redis::redis::Script;
+use switchboard_shared::keys::UserKeys;
+
+/// The KEYS of every script here, in order.
+pub fn keys(k: &UserKeys) -> [&str; 4] {
+    [
+        &k.notif_data,
+        &k.notif_order,
+        &k.notif_expiry,
+        &k.notif_unread,
+    ]
+}
 
 /// Removes expired notifications (ARGV[1] = now ms) and returns nothing;
 /// shared by the scripts below as a prelude.
@@ -25,14 +48,19 @@ fn with_purge(body: &str) -> Script {
 }
 
 /// ARGV: now, id, json, created_ms, expires_ms, cap.
-/// Stores one notification as unread, drops the oldest beyond `cap`, keeps
-/// the keys alive until the last notification expires. Returns the unread count.
+/// Stores one notification as unread, after every one stored before (see
+/// the order invariant above), drops the oldest beyond `cap`, keeps the keys
+/// alive until the last notification expires. Returns the unread count:
+/// see [`Stored`].
 pub static STORE: LazyLock<Script> = LazyLock::new(|| {
     with_purge(
         r#"
 purge(ARGV[1])
+local score = tonumber(ARGV[4])
+local newest = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+if newest[2] and tonumber(newest[2]) >= score then score = tonumber(newest[2]) + 1 end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
+redis.call('ZADD', KEYS[2], string.format('%.17g', score), ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[2])
 redis.call('SADD', KEYS[4], ARGV[2])
 local n = redis.call('ZCARD', KEYS[2])
@@ -49,7 +77,20 @@ return redis.call('SCARD', KEYS[4])
     )
 });
 
-/// ARGV: now. Returns {ids newest first, unread ids}.
+/// What [`STORE`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// The recipient's unread count, the new one included.
+    pub unread: u64,
+}
+
+impl Stored {
+    pub fn from_reply(unread: u64) -> Self {
+        Self { unread }
+    }
+}
+
+/// ARGV: now. Returns {ids newest first, unread ids}: see [`Listed`].
 pub static LIST: LazyLock<Script> = LazyLock::new(|| {
     with_purge(
         r#"
@@ -59,7 +100,38 @@ return {redis.call('ZREVRANGE', KEYS[2], 0, -1), redis.call('SMEMBERS', KEYS[4])
     )
 });
 
-/// ARGV: now, id ('' = all). Marks read; returns {changed, unread count}.
+/// A user's notifications, as [`LIST`] read them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// `(id, unread)`, newest first.
+    pub items: Vec<(String, bool)>,
+    /// How many are unread.
+    pub unread: usize,
+}
+
+impl Listed {
+    pub fn from_reply((newest_first, unread): (Vec<String>, Vec<String>)) -> Self {
+        let unread: HashSet<String> = unread.into_iter().collect();
+        Self {
+            unread: unread.len(),
+            items: newest_first
+                .into_iter()
+                .map(|id| {
+                    let u = unread.contains(&id);
+                    (id, u)
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether `id` is stored (read or not).
+    pub fn contains(&self, id: &str) -> bool {
+        self.items.iter().any(|(i, _)| i == id)
+    }
+}
+
+/// ARGV: now, id ('' = all). Marks read; returns {changed, unread count}:
+/// see [`Changed`].
 pub static MARK_READ: LazyLock<Script> = LazyLock::new(|| {
     with_purge(
         r#"
@@ -71,7 +143,8 @@ return {changed, redis.call('SCARD', KEYS[4])}
     )
 });
 
-/// ARGV: now, id ('' = all). Deletes; returns {removed, unread count}.
+/// ARGV: now, id ('' = all). Deletes; returns {removed, unread count}: see
+/// [`Changed`].
 pub static CLEAR: LazyLock<Script> = LazyLock::new(|| {
     with_purge(
         r#"
@@ -88,3 +161,42 @@ return {removed, redis.call('SCARD', KEYS[4])}
 "#,
     )
 });
+
+/// What [`MARK_READ`] or [`CLEAR`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Changed {
+    /// How many were marked read (`MARK_READ`; for `all`, 1 when any
+    /// were unread) or removed (`CLEAR`).
+    pub changed: u64,
+    /// The unread count after the change.
+    pub unread: u64,
+}
+
+impl Changed {
+    pub fn from_reply((changed, unread): (u64, u64)) -> Self {
+        Self { changed, unread }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_know_what_is_unread() {
+        let l = Listed::from_reply((
+            vec!["n3".into(), "n2".into(), "n1".into()],
+            vec!["n1".into(), "n3".into()],
+        ));
+        assert_eq!(l.unread, 2);
+        assert_eq!(
+            l.items,
+            [
+                ("n3".into(), true),
+                ("n2".into(), false),
+                ("n1".into(), true)
+            ]
+        );
+        assert!(l.contains("n2") && !l.contains("n4"));
+    }
+}
