@@ -8,7 +8,8 @@
 use proptest::prelude::*;
 use switchboard_shared::auth::{Identity, check_grant};
 use switchboard_shared::ids::{GatewayId, MAX_ID_LEN, RoomId, TenantId, UserId};
-use switchboard_shared::keys::{self, RoomKeys, UserKeys};
+use switchboard_shared::keys::{RoomKeys, UserKeys};
+use switchboard_shared::members::ConnMember;
 use switchboard_shared::subjects::{self, GatewayTarget};
 
 /// Strings of every kind, tilted towards the characters that matter here so
@@ -146,7 +147,9 @@ proptest! {
             subjects::parse_gateway_subject(&gw, &reply),
             Some(GatewayTarget::Reply { conn, req })
         );
-        prop_assert_eq!(keys::conn_member(&gw, conn), format!("{g}:{conn}"));
+        let member = ConnMember::new(&gw, conn);
+        prop_assert_eq!(member.to_string(), format!("{g}:{conn}"));
+        prop_assert_eq!(ConnMember::parse(&member.to_string()), Some(member));
         // Whatever else arrives names a connection of this gateway, or nothing.
         if subjects::parse_gateway_subject(&gw, &other).is_some() {
             prop_assert!(other.starts_with(&format!("sb.gw.{g}.c.")), "{:?}", other);
