@@ -160,6 +160,9 @@ start() { # name, then the command; sets LAST_PID
 
 SUITE_ARGS=()
 export SB_LOG__FILTER=warn SB_LOG__FORMAT=pretty
+# Abuse limits off: the load generator drives each user far faster than a
+# person would, and the peers run without rate limits too.
+export SB_LIMITS__ENABLED=false
 
 if want switchboard; then
   free_port NATS_PORT; free_port REDIS_PORT
