@@ -13,9 +13,10 @@ use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Role, WebSocket, WebSocketError, WebSocketRead};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use switchboard_proto::bus::{ConnEvent, ConnRef, FeedMode, Interest, conn_event};
+use switchboard_proto::bus::{FeedMode, Interest};
+use switchboard_shared::conn_events::{ConnInfo, ConnLifecycle};
 use switchboard_shared::auth::Identity;
-use switchboard_shared::{bus, now_ms, subjects};
+use switchboard_shared::subjects;
 use tokio::io::ReadHalf;
 
 use crate::State;
@@ -52,7 +53,7 @@ pub async fn serve(state: Arc<State>, ws: WebSocket<Io>, identity: Identity) {
     );
     h.touch(elapsed_ms(state.started));
     state.registry.insert(h.clone());
-    conn_event(&state, &h, conn_event::Kind::Connected).await;
+    conn_event(&state, &h, true).await;
     h.send_text(push_frame(
         "welcome",
         &serde_json::json!({
@@ -83,27 +84,27 @@ pub async fn serve(state: Arc<State>, ws: WebSocket<Io>, identity: Identity) {
     // out, which a slow consumer may take a while to accept.
     state.registry.remove(id);
     state.feeds.detach_all(&h);
-    conn_event(&state, &h, conn_event::Kind::Disconnected).await;
+    conn_event(&state, &h, false).await;
     let limit = writer::CLOSE_LIMIT.min(Duration::from_millis(cfg.write_timeout_ms.max(1)));
     writer::close(&h, &mut wire, limit).await;
     tracing::debug!(conn = id, reason = ?h.close_reason(), "disconnected");
 }
 
-async fn conn_event(state: &State, h: &ConnHandle, kind: conn_event::Kind) {
-    let ev = ConnEvent {
-        kind: kind as i32,
-        conn: Some(ConnRef {
-            gateway: state.gw.to_string(),
-            conn: h.id,
-        }),
-        tenant: h.tenant.to_string(),
-        user: h.user.to_string(),
-        at_ms: now_ms(),
-        count: 0,
+async fn conn_event(state: &State, h: &ConnHandle, connected: bool) {
+    let info = ConnInfo {
+        gw: state.gw.clone(),
+        conn: h.id,
+        tenant: h.tenant.clone(),
+        user: h.user.clone(),
+    };
+    let ev = if connected {
+        ConnLifecycle::Connected(info)
+    } else {
+        ConnLifecycle::Disconnected(info)
     };
     if let Err(e) = state
         .nats
-        .publish(subjects::CONN_EVENTS, bus::encode(&ev))
+        .publish(subjects::CONN_EVENTS, ev.encode())
         .await
     {
         tracing::warn!(error = %e, "could not publish connection event");

@@ -43,11 +43,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use switchboard_proto::bus::{ConnEvent, ConnRef, conn_event};
+use switchboard_shared::conn_events::ConnLifecycle;
 use switchboard_shared::auth::{AuthConfigError, Authenticator};
 use switchboard_shared::config::Config;
 use switchboard_shared::ids::GatewayId;
-use switchboard_shared::{Shutdown, bus, now_ms, subjects};
+use switchboard_shared::{Shutdown, bus, subjects};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
@@ -185,19 +185,12 @@ async fn heartbeat(state: Arc<State>, stop: Shutdown) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let ev = ConnEvent {
-            kind: conn_event::Kind::Heartbeat as i32,
-            conn: Some(ConnRef {
-                gateway: state.gw.to_string(),
-                conn: 0,
-            }),
-            at_ms: now_ms(),
-            count: state.registry.len() as u64,
-            ..ConnEvent::default()
+        let ev = ConnLifecycle::Heartbeat {
+            gw: state.gw.clone(),
+            connections: state.registry.len() as u64,
         };
-        let _ = state
-            .nats
-            .publish(subjects::CONN_EVENTS, bus::encode(&ev))
-            .await;
+        if let Err(e) = state.nats.publish(subjects::CONN_EVENTS, ev.encode()).await {
+            tracing::warn!(error = %e, "could not publish the heartbeat");
+        }
     }
 }

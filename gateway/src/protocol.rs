@@ -214,7 +214,7 @@ pub fn error_frame(id: Option<&str>, code: &str, message: &str) -> Bytes {
 
 /// `{"event":<event>,"data":<data>}`.
 pub fn push_frame(event: &str, data: &serde_json::Value) -> Bytes {
-    Bytes::from(serde_json::json!({"event": event, "data": data}).to_string())
+    switchboard_shared::frames::event(event, data)
 }
 
 #[cfg(test)]
