@@ -14,8 +14,8 @@ use fastwebsockets::{Frame, OpCode, Role, WebSocket, WebSocketError, WebSocketRe
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use switchboard_proto::bus::{FeedMode, Interest};
-use switchboard_shared::conn_events::{ConnInfo, ConnLifecycle};
 use switchboard_shared::auth::Identity;
+use switchboard_shared::conn_events::{ConnInfo, ConnLifecycle};
 use switchboard_shared::subjects;
 use tokio::io::ReadHalf;
 
@@ -102,11 +102,7 @@ async fn conn_event(state: &State, h: &ConnHandle, connected: bool) {
     } else {
         ConnLifecycle::Disconnected(info)
     };
-    if let Err(e) = state
-        .nats
-        .publish(subjects::CONN_EVENTS, ev.encode())
-        .await
-    {
+    if let Err(e) = state.nats.publish(subjects::CONN_EVENTS, ev.encode()).await {
         tracing::warn!(error = %e, "could not publish connection event");
     }
 }

@@ -30,7 +30,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use switchboard_proto::bus::{FeedMode, Interest, Push, ReplayBatch, ReplayRequest, Reply};
+use switchboard_proto::bus::{
+    FeedMode, Interest, Push, ReplayBatch, ReplayItem, ReplayRequest, Reply,
+};
 use switchboard_shared::bus;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -304,7 +306,9 @@ impl Feed {
                     }
                     for item in &b.items {
                         if item.seq >= expect && item.seq < next {
-                            conn.send_text(item.frame.clone());
+                            if !self.is_own_without_echo(item, conn.id) {
+                                conn.send_text(item.frame.clone());
+                            }
                             expect = item.seq + 1;
                         }
                     }
@@ -428,12 +432,15 @@ impl Feed {
                 }
                 for item in b.items {
                     if item.seq == next {
+                        // The sender of a message without `echo` is skipped
+                        // here as on the live path.
+                        let echo = item.no_echo_to.is_none();
                         self.deliver(
                             item.seq,
                             &Held {
                                 frame: item.frame,
-                                origin: None,
-                                echo: true,
+                                origin: item.no_echo_to.map(|o| (o.gateway, o.conn)),
+                                echo,
                             },
                         );
                         next += 1;
@@ -500,6 +507,14 @@ impl Feed {
             origin: None,
             echo: true,
         }
+    }
+
+    /// Whether a replayed item was published by connection `conn` of this
+    /// gateway without `echo`.
+    fn is_own_without_echo(&self, item: &ReplayItem, conn: u64) -> bool {
+        item.no_echo_to
+            .as_ref()
+            .is_some_and(|o| o.conn == conn && o.gateway == self.cfg.gateway)
     }
 
     fn deliver(&self, seq: u64, held: &Held) {

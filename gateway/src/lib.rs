@@ -43,9 +43,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use switchboard_shared::conn_events::ConnLifecycle;
 use switchboard_shared::auth::{AuthConfigError, Authenticator};
 use switchboard_shared::config::Config;
+use switchboard_shared::conn_events::ConnLifecycle;
 use switchboard_shared::ids::GatewayId;
 use switchboard_shared::{Shutdown, bus, subjects};
 use tokio::net::TcpListener;

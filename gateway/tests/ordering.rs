@@ -154,3 +154,47 @@ async fn a_seq_lost_on_the_bus_is_filled_from_history() {
     }
     assert_eq!(got, ["2:two, from history", "3:three"]);
 }
+
+/// A message published without `echo` never comes back to its sender, even
+/// when it is sent the instant the join is answered: before the room's feed
+/// is subscribed, such a message reaches the gateway through the catch-up
+/// from history rather than live, and must be filtered the same way.
+#[tokio::test]
+async fn a_publish_right_after_joining_is_not_echoed_to_its_sender() {
+    let stack = Stack::start();
+    let cfg = stack.config();
+    let _w = Workers::start(cfg.clone(), &["rooms"]).await;
+    let gw = Gateway::start(cfg.clone()).await;
+    let mut c = Client::connect(&gw.ws_url(), &token(&cfg, "demo", "quick"))
+        .await
+        .unwrap();
+    for i in 0..40 {
+        let room = format!("fresh-{i}");
+        c.ok("rooms.create", json!({"room": room})).await;
+        // Join, then publish twice without waiting: first without echo, then
+        // with it. Seqs arrive in order, so once seq 2 is here, seq 1 would
+        // have been delivered before it if it were echoed.
+        c.send_json(&json!({"id": "j", "op": "rooms.join", "data": {"room": room}}))
+            .await;
+        c.reply(&json!("j")).await;
+        c.send_json(
+            &json!({"id": "p1", "op": "rooms.publish", "data": {"room": room, "data": "mine"}}),
+        )
+        .await;
+        c.send_json(&json!({"id": "p2", "op": "rooms.publish", "data": {"room": room, "data": "echoed", "echo": true}}))
+            .await;
+        assert_eq!(c.reply(&json!("p1")).await["ok"], true);
+        assert_eq!(c.reply(&json!("p2")).await["ok"], true);
+        let m = loop {
+            let m = c.event("message").await;
+            if m["room"] == room.as_str() {
+                break m;
+            }
+        };
+        assert_eq!(
+            (m["seq"].clone(), m["data"].clone()),
+            (json!(2), json!("echoed")),
+            "round {i}: {m}"
+        );
+    }
+}

@@ -82,6 +82,7 @@ impl Service for Presence {
             vec![ReplayItem {
                 seq: st.ver,
                 frame: st.frame(&user),
+                no_echo_to: None,
             }]
         } else {
             Vec::new()

@@ -8,13 +8,13 @@
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
-use switchboard_proto::bus::{Push, ReplayBatch, ReplayItem, ReplayRequest};
+use switchboard_proto::bus::{ConnRef, Push, ReplayBatch, ReplayItem, ReplayRequest};
 use switchboard_shared::error::ErrorCode;
 use switchboard_shared::ids::{RoomId, TenantId};
 use switchboard_shared::keys::RoomKeys;
 use switchboard_shared::{frames, now_ms};
 
-use super::scripts::{self, NewMessage, Publish, Read};
+use super::scripts::{self, Entry, NewMessage, Publish, Read};
 use super::{Rooms, access};
 use crate::error::ServiceError;
 use crate::service::{Caller, Outcome};
@@ -42,8 +42,8 @@ struct Page {
     head: u64,
     /// Oldest seq still held (head + 1 when the history is empty).
     first: u64,
-    /// (seq, message JSON), in the order asked for.
-    items: Vec<(u64, String)>,
+    /// The entries asked for, in that order.
+    items: Vec<Entry>,
 }
 
 /// The client frame for a stored message: `{"event":"message","data":<m>}`.
@@ -87,6 +87,7 @@ impl Rooms {
             tail: &tail,
             history_max: self.cfg.history_max,
             cutoff_ms: self.history_cutoff(ts),
+            echo: req.echo,
         };
         let (seq, message) = match scripts::publish(&mut self.conn().await?, &k, new).await? {
             Publish::Stored { seq, message } => (seq, message),
@@ -147,7 +148,7 @@ impl Rooms {
         }
         let messages: Vec<&RawValue> = items
             .iter()
-            .map(|(_, m)| serde_json::from_str(m))
+            .map(|e| serde_json::from_str(&e.message))
             .collect::<Result<_, _>>()?;
         let missed = req.after.is_some_and(|a| a + 1 < first && a < head);
         Ok(Outcome::json(&json!({
@@ -185,10 +186,14 @@ impl Rooms {
             items: page
                 .items
                 .into_iter()
-                .map(|(seq, m)| {
+                .map(|e| {
                     Ok(ReplayItem {
-                        seq,
-                        frame: message_frame(&m)?,
+                        seq: e.seq,
+                        frame: message_frame(&e.message)?,
+                        no_echo_to: e.no_echo_to.map(|m| ConnRef {
+                            gateway: m.gw.to_string(),
+                            conn: m.conn,
+                        }),
                     })
                 })
                 .collect::<Result<_, ServiceError>>()?,
@@ -241,7 +246,7 @@ impl Rooms {
                 first = first.max(e.seq + 1);
                 continue;
             }
-            items.push((e.seq, e.message));
+            items.push(e);
         }
         Ok(Some(Page { head, first, items }))
     }

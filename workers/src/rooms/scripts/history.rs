@@ -11,8 +11,10 @@ use super::{Conn, bool_arg, count, reply};
 use crate::error::ServiceError;
 
 /// ARGV: member field, now_ms, json head, json tail, history_max, cutoff_ms,
-/// user. The stored message is `head .. seq .. tail`; the sender's read
-/// marker moves to it (sending implies having read the conversation).
+/// user, no-echo member ('' when the sender wants its message back). The
+/// stored message is `head .. seq .. tail`; field `o` keeps the no-echo
+/// member, so a replay skips the sender as the live push does. The sender's
+/// read marker moves to it (sending implies having read the conversation).
 /// Returns {seq, message} or {-4, ''} when the connection is not a member.
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -20,7 +22,11 @@ static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {-4, ''} end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local m = ARGV[3] .. seq .. ARGV[4]
-redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[5], seq .. '-0', 't', ARGV[2], 'm', m)
+if ARGV[8] == '' then
+  redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[5], seq .. '-0', 't', ARGV[2], 'm', m)
+else
+  redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[5], seq .. '-0', 't', ARGV[2], 'm', m, 'o', ARGV[8])
+end
 local cutoff = tonumber(ARGV[6])
 local old = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 8)
 for _, e in ipairs(old) do
@@ -69,6 +75,8 @@ pub struct NewMessage<'a> {
     pub history_max: u64,
     /// Entries older than this (ms) are dropped from the history's front.
     pub cutoff_ms: u64,
+    /// The sender asked to get its own message back.
+    pub echo: bool,
 }
 
 pub async fn publish(
@@ -85,6 +93,11 @@ pub async fn publish(
         .arg(m.history_max)
         .arg(m.cutoff_ms)
         .arg(m.user.as_str())
+        .arg(if m.echo {
+            String::new()
+        } else {
+            m.member.to_string()
+        })
         .invoke_async(r)
         .await?;
     Publish::decode(reply("PUBLISH", &v)?)
@@ -109,12 +122,14 @@ return {1, head, oldest, items}
     )
 });
 
-/// One history entry: stream id `<seq>-0`, fields `t` (ms) and `m` (JSON).
+/// One history entry: stream id `<seq>-0`, fields `t` (ms), `m` (JSON) and
+/// `o` (the sender's connection, when it asked not to get it back).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub seq: u64,
     pub t_ms: u64,
     pub message: String,
+    pub no_echo_to: Option<ConnMember>,
 }
 
 /// What [`read`] found.
@@ -173,7 +188,7 @@ pub(super) fn entries(v: &Value) -> Result<Vec<Entry>, ServiceError> {
                 .next()
                 .and_then(|s| s.parse().ok())
                 .ok_or_else(bad)?;
-            let (mut t_ms, mut message) = (None, None);
+            let (mut t_ms, mut message, mut no_echo_to) = (None, None, None);
             for pair in fields.chunks(2) {
                 let [name, value] = pair else {
                     return Err(bad());
@@ -181,6 +196,7 @@ pub(super) fn entries(v: &Value) -> Result<Vec<Entry>, ServiceError> {
                 match reply::<String>("READ", name)?.as_str() {
                     "t" => t_ms = Some(reply("READ", value)?),
                     "m" => message = Some(reply("READ", value)?),
+                    "o" => no_echo_to = ConnMember::parse(&reply::<String>("READ", value)?),
                     _ => {}
                 }
             }
@@ -188,6 +204,7 @@ pub(super) fn entries(v: &Value) -> Result<Vec<Entry>, ServiceError> {
                 seq,
                 t_ms: t_ms.ok_or_else(bad)?,
                 message: message.ok_or_else(bad)?,
+                no_echo_to,
             })
         })
         .collect()

@@ -22,7 +22,7 @@ use deadpool_redis::redis::{FromRedisValue, Value};
 
 use crate::error::ServiceError;
 
-pub use history::{NewMessage, Publish, Read, publish, read};
+pub use history::{Entry, NewMessage, Publish, Read, publish, read};
 pub use marks::{Mark, React, mark, react};
 pub use membership::{Create, Join, Leave, NewRoom, create, join, leave};
 
