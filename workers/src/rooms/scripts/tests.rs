@@ -103,8 +103,21 @@ fn stream_entries_parse() {
         seq: 7,
         t_ms: 123,
         message: "{}".to_owned(),
+        no_echo_to: None,
     };
     assert_eq!(entries(&v).ok(), Some(vec![want.clone()]));
+    // The sender's connection, kept for a message sent without echo.
+    let own = Value::Array(vec![Value::Array(vec![
+        b("8-0"),
+        Value::Array(vec![b("t"), b("1"), b("m"), b("{}"), b("o"), b("gw-1:4")]),
+    ])]);
+    assert_eq!(
+        entries(&own)
+            .ok()
+            .and_then(|e| e.into_iter().next())
+            .and_then(|e| e.no_echo_to),
+        switchboard_shared::members::ConnMember::parse("gw-1:4")
+    );
     assert!(entries(&Value::Nil).is_ok_and(|e| e.is_empty()));
     let page = Value::Array(vec![Value::Int(1), Value::Int(9), v.clone(), v]);
     assert_eq!(
