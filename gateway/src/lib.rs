@@ -116,6 +116,7 @@ pub async fn serve(
         },
         tasks.clone(),
     );
+    let cfg_limits = cfg.limits.clone();
     let state = Arc::new(State {
         conn_limit: Arc::new(Semaphore::new(cfg.gateway.max_connections)),
         cfg,
@@ -125,6 +126,7 @@ pub async fn serve(
         registry: Registry::default(),
         feeds,
         timeouts: Timeouts::default(),
+        limits: Arc::new(limits::Limits::new(cfg_limits)),
         draining: AtomicBool::new(false),
         started: Instant::now(),
         shutdown: shutdown.clone(),
@@ -192,5 +194,7 @@ async fn heartbeat(state: Arc<State>, stop: Shutdown) {
         if let Err(e) = state.nats.publish(subjects::CONN_EVENTS, ev.encode()).await {
             tracing::warn!(error = %e, "could not publish the heartbeat");
         }
+        // Buckets of users and IPs that went quiet are forgotten.
+        state.limits.housekeeping();
     }
 }

@@ -51,6 +51,8 @@ pub struct ConnHandle {
     pub feeds: Mutex<HashSet<String>>,
     /// Milliseconds since gateway start when the client last sent anything.
     pub last_seen: AtomicU64,
+    /// Requests refused by a rate limit lately (sustained abuse closes).
+    pub strikes: crate::limits::Strikes,
 }
 
 impl ConnHandle {
@@ -72,6 +74,7 @@ impl ConnHandle {
             requests: Inflight::default(),
             feeds: Mutex::new(HashSet::new()),
             last_seen: AtomicU64::new(0),
+            strikes: crate::limits::Strikes::default(),
         })
     }
 

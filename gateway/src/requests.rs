@@ -23,8 +23,9 @@ use switchboard_shared::{Shutdown, bus, subjects};
 use tokio::time::Instant;
 
 use crate::State;
+use crate::limits::{Limited, Verdict};
 use crate::protocol::{ClientRequest, error_frame, ok_frame};
-use crate::registry::ConnHandle;
+use crate::registry::{CloseReason, ConnHandle};
 
 /// One in-flight request: the client's id (raw JSON) awaiting a reply.
 #[derive(Debug)]
@@ -141,6 +142,30 @@ impl Timeouts {
 /// connection is to end (its queue overflowed while answering).
 pub async fn forward(state: &State, h: &ConnHandle, req: ClientRequest<'_>) -> bool {
     let cfg = &state.cfg.gateway;
+    let now = switchboard_shared::now_ms();
+    match state.limits.check_request(
+        h.tenant.as_str(),
+        h.user.as_str(),
+        req.service,
+        req.op,
+        &h.strikes,
+        now,
+    ) {
+        Verdict::Allow => {}
+        Verdict::Refuse(l) => return h.send_text(rate_limited_frame(req.id.get(), l)),
+        Verdict::Close(l) => {
+            h.send_text(rate_limited_frame(req.id.get(), l));
+            h.kill(CloseReason::new(1008, "rate limit exceeded"));
+            return false;
+        }
+    }
+    if !state.bus_up() {
+        return h.send_text(error_frame(
+            Some(req.id.get()),
+            ErrorCode::Unavailable.as_str(),
+            "the message bus is unavailable; retry shortly",
+        ));
+    }
     let seq = match h.requests.begin(req.id.get(), cfg.max_inflight) {
         Ok(seq) => seq,
         Err(Refusal::TooMany) => {
@@ -187,14 +212,29 @@ pub async fn forward(state: &State, h: &ConnHandle, req: ClientRequest<'_>) -> b
         if let Some(queued) = h.requests.finish_with(seq, |id| {
             h.send_text(error_frame(
                 Some(&id),
-                ErrorCode::ServiceUnavailable.as_str(),
-                "the message bus is unavailable",
+                ErrorCode::Unavailable.as_str(),
+                "the message bus is unavailable; retry shortly",
             ))
         }) {
             return queued;
         }
     }
     true
+}
+
+/// `rate_limited` with the time after which the same request would pass.
+fn rate_limited_frame(id: &str, l: Limited) -> Bytes {
+    let retry_after_ms = l.retry_after.as_millis().max(1) as u64;
+    let mut f = Vec::with_capacity(160);
+    f.extend_from_slice(b"{\"id\":");
+    f.extend_from_slice(id.as_bytes());
+    f.extend_from_slice(
+        format!(
+            ",\"ok\":false,\"error\":{{\"code\":\"rate_limited\",\"message\":\"too many requests: retry after {retry_after_ms} ms\",\"retry_after_ms\":{retry_after_ms}}}}}"
+        )
+        .as_bytes(),
+    );
+    Bytes::from(f)
 }
 
 /// A fresh W3C `traceparent` (version 00, sampled) for a request that starts

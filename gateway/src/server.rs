@@ -104,6 +104,15 @@ fn upgrade(state: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
     if state.draining.load(Ordering::Relaxed) {
         return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
     }
+    if !state.bus_up() {
+        // Nothing a connection asks for could be served: the client retries
+        // (with backoff) until the bus is back.
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"error":{"code":"unavailable","message":"the message bus is unavailable; retry shortly"}}"#
+                .to_owned(),
+        );
+    }
     let accepted = match handshake::check(
         req.headers(),
         req.uri().query(),

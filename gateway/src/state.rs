@@ -26,6 +26,8 @@ pub struct State {
     pub registry: Registry,
     pub feeds: Feeds,
     pub timeouts: Timeouts,
+    /// Request rate limits (per user and op).
+    pub limits: Arc<crate::limits::Limits>,
     pub conn_limit: Arc<Semaphore>,
     pub draining: AtomicBool,
     pub started: Instant,
@@ -37,7 +39,12 @@ pub struct State {
 
 impl State {
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed)
-            && self.nats.connection_state() == async_nats::connection::State::Connected
+        !self.draining.load(Ordering::Relaxed) && self.bus_up()
+    }
+
+    /// Whether the gateway is connected to NATS. While it is not, requests
+    /// are answered `unavailable` at once and new connections are refused.
+    pub fn bus_up(&self) -> bool {
+        self.nats.connection_state() == async_nats::connection::State::Connected
     }
 }

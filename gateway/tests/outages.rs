@@ -249,3 +249,46 @@ async fn a_gateway_declared_dead_while_paused_resets_its_connections_when_it_wak
     let _again = connect(&paused.ws_url(), &cfg, "sleeper").await;
     presence_until(&mut watcher, "sleeper", "online").await;
 }
+
+#[tokio::test]
+async fn while_nats_is_down_requests_fail_fast_and_new_connections_are_refused() {
+    let mut stack = Stack::start();
+    let cfg = config(&stack);
+    let _w = Workers::start(cfg.clone(), &["rooms"]).await;
+    let gw = Gateway::start(cfg.clone()).await;
+    let mut carol = connect(&gw.ws_url(), &cfg, "carol").await;
+    carol.ok("rooms.create", json!({"room": "r"})).await;
+    carol.ok("rooms.join", json!({"room": "r"})).await;
+
+    stack.nats.stop().unwrap();
+    eventually(Duration::from_secs(5), async || {
+        http_status(&gw.http_url("/readyz")).await == 503
+    })
+    .await;
+    let asked = Instant::now();
+    assert_eq!(
+        carol.err("rooms.info", json!({"room": "r"})).await,
+        "unavailable"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        asked.elapsed()
+    );
+    let refused = Client::connect(&gw.ws_url(), &token(&cfg, "demo", "dave")).await;
+    assert_eq!(refused.err().and_then(|e| e.status()), Some(503));
+
+    // Everything works again once the bus is back, on the same connection.
+    stack.nats.resume().unwrap();
+    eventually(Duration::from_secs(10), async || {
+        http_status(&gw.http_url("/readyz")).await == 200
+    })
+    .await;
+    let mut dave = connect(&gw.ws_url(), &cfg, "dave").await;
+    dave.ok("rooms.join", json!({"room": "r"})).await;
+    // The workers' subscriptions come back on their own; requests succeed
+    // again within the bound.
+    dave.ok("rooms.publish", json!({"room": "r", "data": 1}))
+        .await;
+    assert_eq!(carol.event("message").await["data"], 1);
+}

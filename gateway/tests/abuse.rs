@@ -1,0 +1,71 @@
+//! Abuse limits end to end: a user over an op's rate gets a typed
+//! `rate_limited` error with the time to wait, other users and other ops
+//! carry on, and a client that keeps going is closed with 1008.
+
+// Test helpers panic on failure: that is how a test reports it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::json;
+use switchboard_shared::limits::Bucket;
+use switchboard_test_harness::stack::token;
+use switchboard_test_harness::{Client, Gateway, Stack, Workers};
+
+#[tokio::test]
+async fn a_flooding_user_is_rate_limited_then_closed_while_others_carry_on() {
+    let stack = Stack::start();
+    let mut cfg = stack.config();
+    cfg.limits.enabled = true;
+    cfg.limits
+        .ops
+        .entry("rooms".into())
+        .or_default()
+        .insert("publish".into(), Bucket::new(1, 3));
+    cfg.limits.strikes_to_close = 5;
+    let _w = Workers::start(cfg.clone(), &["rooms"]).await;
+    let gw = Gateway::start(cfg.clone()).await;
+    let mut flood = Client::connect(&gw.ws_url(), &token(&cfg, "demo", "flood"))
+        .await
+        .unwrap();
+    let mut calm = Client::connect(&gw.ws_url(), &token(&cfg, "demo", "calm"))
+        .await
+        .unwrap();
+    flood.ok("rooms.create", json!({"room": "r"})).await;
+    flood.ok("rooms.join", json!({"room": "r"})).await;
+    calm.ok("rooms.join", json!({"room": "r"})).await;
+
+    for i in 0..3 {
+        flood
+            .ok("rooms.publish", json!({"room": "r", "data": i}))
+            .await;
+    }
+    let refused = flood
+        .request("rooms.publish", json!({"room": "r", "data": "too much"}))
+        .await;
+    assert_eq!(refused["error"]["code"], "rate_limited", "{refused}");
+    let wait = refused["error"]["retry_after_ms"].as_u64().unwrap();
+    assert!((1..=1_000).contains(&wait), "{refused}");
+    // Other ops of the same user, and other users, are not affected.
+    flood.ok("rooms.info", json!({"room": "r"})).await;
+    calm.ok(
+        "rooms.publish",
+        json!({"room": "r", "data": "calm", "echo": true}),
+    )
+    .await;
+    // The refused message was never delivered.
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        seen.push(calm.event("message").await["data"].clone());
+    }
+    assert_eq!(seen, vec![json!(0), json!(1), json!(2), json!("calm")]);
+
+    // Sustained abuse: the connection is closed with 1008.
+    for _ in 0..4 {
+        flood
+            .send_json(&json!({"id": "x", "op": "rooms.publish", "data": {"room": "r", "data": 0}}))
+            .await;
+    }
+    let (code, reason) = flood.closed().await.unwrap();
+    assert_eq!(code, 1008);
+    assert!(reason.contains("rate"), "{reason}");
+    calm.ok("rooms.info", json!({"room": "r"})).await;
+}
