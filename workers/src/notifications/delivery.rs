@@ -3,7 +3,6 @@
 //! once when it connects.
 
 use bytes::Bytes;
-use deadpool_redis::redis;
 use serde_json::json;
 use switchboard_shared::conn_events::ConnInfo;
 use switchboard_shared::frames;
@@ -13,6 +12,7 @@ use switchboard_shared::members::ConnMember;
 
 use super::Notifications;
 use crate::error::ServiceError;
+use crate::service::conns::hash_members;
 use crate::service::push::frame_to_conn;
 
 impl Notifications {
@@ -36,15 +36,8 @@ impl Notifications {
         tenant: &TenantId,
         user: &UserId,
     ) -> Result<Vec<ConnMember>, ServiceError> {
-        let mut r = self.conn().await?;
-        let members: Vec<String> = redis::cmd("HKEYS")
-            .arg(UserKeys::new(tenant, user).notif_conns)
-            .query_async(&mut r)
-            .await?;
-        Ok(members
-            .iter()
-            .filter_map(|m| ConnMember::parse(m))
-            .collect())
+        let key = UserKeys::new(tenant, user).notif_conns;
+        hash_members(&mut self.conn().await?, &key).await
     }
 
     /// Sends a newly registered connection its pending (unread)

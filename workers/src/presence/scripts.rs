@@ -140,14 +140,7 @@ pub async fn connect(
     member: &ConnMember,
     now: u64,
 ) -> Result<Update, ServiceError> {
-    let raw: Raw = CONNECT
-        .key(&k.presence_conns)
-        .key(&k.presence)
-        .arg(member.to_string())
-        .arg(now)
-        .invoke_async(r)
-        .await?;
-    decode("CONNECT", raw)
+    member_change(&CONNECT, "CONNECT", r, k, member, now).await
 }
 
 /// Connection `member` of the user leaves.
@@ -157,14 +150,26 @@ pub async fn disconnect(
     member: &ConnMember,
     now: u64,
 ) -> Result<Update, ServiceError> {
-    let raw: Raw = DISCONNECT
+    member_change(&DISCONNECT, "DISCONNECT", r, k, member, now).await
+}
+
+/// Runs CONNECT or DISCONNECT (same keys and arguments).
+async fn member_change(
+    script: &Script,
+    name: &'static str,
+    r: &mut Conn,
+    k: &UserKeys,
+    member: &ConnMember,
+    now: u64,
+) -> Result<Update, ServiceError> {
+    let raw: Raw = script
         .key(&k.presence_conns)
         .key(&k.presence)
         .arg(member.to_string())
         .arg(now)
         .invoke_async(r)
         .await?;
-    decode("DISCONNECT", raw)
+    decode(name, raw)
 }
 
 /// The user chooses a status (`None`: keep it) and changes their text.

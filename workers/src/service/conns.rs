@@ -8,6 +8,7 @@
 use deadpool_redis::redis;
 use switchboard_shared::ids::GatewayId;
 use switchboard_shared::keys;
+use switchboard_shared::members::ConnMember;
 
 use crate::error::ServiceError;
 
@@ -35,4 +36,23 @@ pub async fn is_gone(
         .arg(keys::conn_gone(gw, conn))
         .query_async(r)
         .await?)
+}
+
+/// The connections named by the fields of hash `key` (a user's connections
+/// as one service sees them). A malformed field is logged and skipped.
+pub async fn hash_members(
+    r: &mut deadpool_redis::Connection,
+    key: &str,
+) -> Result<Vec<ConnMember>, ServiceError> {
+    let fields: Vec<String> = redis::cmd("HKEYS").arg(key).query_async(r).await?;
+    Ok(fields
+        .iter()
+        .filter_map(|m| {
+            let parsed = ConnMember::parse(m);
+            if parsed.is_none() {
+                tracing::warn!(key, value = %m, "skipping a malformed connection entry");
+            }
+            parsed
+        })
+        .collect())
 }

@@ -19,6 +19,7 @@ use switchboard_shared::now_ms;
 use super::Signaling;
 use super::scripts::{self, Call, CallState, EndReason, Finish, Transition};
 use crate::error::{LogFailure, ServiceError};
+use crate::service::conns::hash_members;
 use crate::service::{Caller, Outcome};
 
 /// How long a busy marker or a connection's binding to a call lasts at most
@@ -132,21 +133,8 @@ impl Signaling {
         tenant: &TenantId,
         user: &UserId,
     ) -> Result<Vec<ConnMember>, ServiceError> {
-        let mut r = self.conn().await?;
-        let members: Vec<String> = redis::cmd("HKEYS")
-            .arg(UserKeys::new(tenant, user).presence_conns)
-            .query_async(&mut r)
-            .await?;
-        Ok(members
-            .iter()
-            .filter_map(|m| {
-                let parsed = ConnMember::parse(m);
-                if parsed.is_none() {
-                    tracing::warn!(value = %m, "skipping a malformed device entry");
-                }
-                parsed
-            })
-            .collect())
+        let key = UserKeys::new(tenant, user).presence_conns;
+        hash_members(&mut self.conn().await?, &key).await
     }
 
     pub(super) async fn call(&self, c: &Caller, req: CallReq) -> Result<Outcome, ServiceError> {
