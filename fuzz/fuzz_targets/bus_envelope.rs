@@ -1,8 +1,8 @@
 //! Fuzz target: the bus envelope decoder (`switchboard_shared::bus::decode`)
 //! for every message a gateway or worker takes off NATS — `Request`,
 //! `Reply`, `Push`, `ConnEvent`, `ReplayRequest`, `ReplayBatch` — and the
-//! worker-side checks that turn a decoded envelope into a caller or a
-//! connection event.
+//! checks that turn a decoded envelope into a caller (`Caller::from_request`)
+//! or a typed connection event (`ConnLifecycle::decode`).
 //!
 //! Checks: no panic; whatever decodes re-encodes and decodes to the same
 //! message; a caller or connection event built from it has ids that make
@@ -14,9 +14,11 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use switchboard_proto::bus::{ConnEvent, Push, ReplayBatch, ReplayRequest, Reply, Request};
 use switchboard_shared::bus;
+use switchboard_shared::conn_events::ConnLifecycle;
 use switchboard_shared::ids::{GatewayId, TenantId, UserId};
+use switchboard_shared::members::ConnMember;
 use switchboard_shared::{keys, subjects};
-use switchboard_workers::service::{Caller, conn_event_parts};
+use switchboard_workers::service::Caller;
 
 /// Decodes `data` as `M`; when it decodes, checks the round trip.
 fn round_trip<M: Message + Default + PartialEq + std::fmt::Debug>(data: &[u8]) -> Option<M> {
@@ -40,8 +42,9 @@ fn clean_naming(tenant: &TenantId, user: &UserId, gw: &GatewayId, conn: u64) {
     clean_subject(&subjects::presence(tenant, user), 4);
     clean_subject(&subjects::tenant(tenant), 3);
     clean_subject(&subjects::conn(gw, conn), 5);
-    let member = keys::conn_member(gw, conn);
+    let member = ConnMember::new(gw, conn).to_string();
     assert_eq!(member.matches(':').count(), 1, "{member}");
+    assert_eq!(ConnMember::parse(&member), Some(ConnMember::new(gw, conn)));
     let key = keys::UserKeys::new(tenant, user).rooms;
     assert_eq!(key.matches(['{', '}']).count(), 2, "{key}");
     assert_eq!(key.matches(':').count(), 4, "{key}");
@@ -62,10 +65,14 @@ fuzz_target!(|data: &[u8]| {
             (caller.gw.as_str(), caller.conn)
         );
     }
-    if let Some(ev) = round_trip::<ConnEvent>(data)
-        && let Some((_, gw, conn, tenant, user)) = conn_event_parts(&ev)
-    {
-        clean_naming(&tenant, &user, &gw, conn);
+    if round_trip::<ConnEvent>(data).is_some() {
+        match ConnLifecycle::decode(data) {
+            Ok(ConnLifecycle::Connected(c) | ConnLifecycle::Disconnected(c)) => {
+                clean_naming(&c.tenant, &c.user, &c.gw, c.conn)
+            }
+            Ok(ConnLifecycle::Heartbeat { gw, .. }) => clean_subject(&subjects::conn(&gw, 0), 5),
+            Err(_) => {}
+        }
     }
     round_trip::<Reply>(data);
     round_trip::<Push>(data);
