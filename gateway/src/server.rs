@@ -3,6 +3,7 @@
 //! and not draining).
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use tokio::net::TcpListener;
 
 use crate::State;
 use crate::handshake::{self, SUBPROTOCOL};
+use crate::limits::IpRefusal;
 
 type Body = Full<Bytes>;
 
@@ -42,7 +44,8 @@ pub async fn accept_loop(state: &Arc<State>, listener: &TcpListener) {
         let state = state.clone();
         state.tasks.clone().spawn(async move {
             let svc_state = state.clone();
-            let service = service_fn(move |req| route(svc_state.clone(), req));
+            let ip = peer.ip();
+            let service = service_fn(move |req| route(svc_state.clone(), ip, req));
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_millis(
@@ -79,7 +82,11 @@ fn json(status: StatusCode, body: String) -> Response<Body> {
     r
 }
 
-async fn route(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn route(
+    state: Arc<State>,
+    ip: IpAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     Ok(match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
@@ -89,7 +96,7 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bod
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
-        (&Method::GET, "/ws") => upgrade(state, req),
+        (&Method::GET, "/ws") => upgrade(state, ip, req),
         (_, "/ws" | "/healthz" | "/readyz") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
@@ -97,7 +104,7 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bod
     })
 }
 
-fn upgrade(state: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
+fn upgrade(state: Arc<State>, ip: IpAddr, mut req: Request<Incoming>) -> Response<Body> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return text(StatusCode::UPGRADE_REQUIRED, "WebSocket upgrade required\n");
     }
@@ -113,6 +120,27 @@ fn upgrade(state: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
                 .to_owned(),
         );
     }
+    // Per-address limits come before the token check, so a flood of
+    // handshakes costs no signature verification.
+    let ip_slot = match state.limits.admit_ip(ip) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            let (message, retry_after_ms) = match refusal {
+                IpRefusal::Rate(d) => (
+                    "too many new connections from this address".to_owned(),
+                    d.as_millis().max(1) as u64,
+                ),
+                IpRefusal::Open(max) => {
+                    (format!("at most {max} connections from one address"), 1_000)
+                }
+            };
+            tracing::debug!(%ip, %message, "upgrade refused");
+            let body = serde_json::json!({"error": {
+                "code": "rate_limited", "message": message, "retry_after_ms": retry_after_ms,
+            }});
+            return json(StatusCode::TOO_MANY_REQUESTS, body.to_string());
+        }
+    };
     let accepted = match handshake::check(
         req.headers(),
         req.uri().query(),
@@ -143,6 +171,7 @@ fn upgrade(state: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
             Err(_) => tracing::debug!("upgrade timed out"),
         }
         drop(permit);
+        drop(ip_slot);
     });
     let (mut parts, _) = response.into_parts();
     if accepted.echo_protocol {

@@ -69,3 +69,33 @@ async fn a_flooding_user_is_rate_limited_then_closed_while_others_carry_on() {
     assert!(reason.contains("rate"), "{reason}");
     calm.ok("rooms.info", json!({"room": "r"})).await;
 }
+
+#[tokio::test]
+async fn connections_from_one_address_are_capped_and_the_slot_comes_back() {
+    let stack = Stack::start();
+    let mut cfg = stack.config();
+    cfg.limits.enabled = true;
+    cfg.limits.ip_connections = 2;
+    let _w = Workers::start(cfg.clone(), &["rooms"]).await;
+    let gw = Gateway::start(cfg.clone()).await;
+    let t = token(&cfg, "demo", "many");
+    let a = Client::connect(&gw.ws_url(), &t).await.unwrap();
+    let _b = Client::connect(&gw.ws_url(), &t).await.unwrap();
+    let refused = Client::connect(&gw.ws_url(), &t).await.err().unwrap();
+    assert_eq!(refused.status(), Some(429));
+    assert!(refused.to_string().contains("rate_limited"), "{refused}");
+    // A closed connection gives its slot back (once the gateway has let go
+    // of it, which takes no event a client can see: poll, bounded).
+    a.close().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Client::connect(&gw.ws_url(), &t).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.status(), Some(429), "{e}");
+                assert!(std::time::Instant::now() < deadline, "slot never came back");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+}

@@ -56,9 +56,12 @@ pub struct LimitsConfig {
     /// connection is closed with 1008 (sustained abuse).
     pub strikes_to_close: u32,
     pub strike_window_ms: u64,
-    /// New connections per client IP on one gateway (HTTP 429 beyond).
+    /// New connections per client address on one gateway (HTTP 429 beyond).
+    /// The address is the TCP peer: behind a load balancer that is the
+    /// balancer's, so the default only stops floods.
     pub ip_connect: Bucket,
-    /// Open connections per client IP on one gateway (0: no limit).
+    /// Open connections per client address on one gateway (0: no limit;
+    /// the default, for the same reason).
     pub ip_connections: usize,
     /// Connections one user may hold across the cluster (0: no limit).
     pub user_connections: usize,
@@ -89,8 +92,8 @@ impl Default for LimitsConfig {
             default_op: Bucket::new(50, 100),
             strikes_to_close: 50,
             strike_window_ms: 10_000,
-            ip_connect: Bucket::new(20, 100),
-            ip_connections: 2_000,
+            ip_connect: Bucket::new(1_000, 2_000),
+            ip_connections: 0,
             user_connections: 50,
             user_connections_policy: OverflowPolicy::CloseOldest,
             apps: BTreeMap::new(),
