@@ -11,6 +11,7 @@ use switchboard_shared::subjects::{GatewayTarget, parse_gateway_subject};
 use switchboard_shared::{Shutdown, bus};
 
 use crate::State;
+use crate::registry::CloseReason;
 use crate::requests;
 
 /// Routes messages from the gateway's wildcard subscription until it ends or
@@ -36,13 +37,28 @@ pub async fn route(state: Arc<State>, mut sub: async_nats::Subscriber, stop: Shu
     }
 }
 
+/// The close a service asked for. Reasons are fixed per code: services
+/// cannot put text in a close frame.
+fn close_reason(code: u32) -> CloseReason {
+    match code {
+        1008 => CloseReason::new(1008, "too many connections for this user"),
+        1012 => CloseReason::new(1012, "server restarting"),
+        _ => CloseReason::new(1000, "closed by the server"),
+    }
+}
+
 fn on_push(state: &State, conn: u64, msg: async_nats::Message) {
     let Some(h) = state.registry.get(conn) else {
         return;
     };
     match bus::decode::<Push>(&msg.payload) {
         Ok(push) => {
-            h.send_text(push.frame);
+            if !push.frame.is_empty() {
+                h.send_text(push.frame);
+            }
+            if push.close_code != 0 {
+                h.kill(close_reason(push.close_code));
+            }
         }
         Err(e) => tracing::warn!(error = %e, "malformed push"),
     }

@@ -99,3 +99,57 @@ async fn connections_from_one_address_are_capped_and_the_slot_comes_back() {
         }
     }
 }
+
+/// Connects `user` and waits until presence has registered the device (it
+/// pushes the user's own presence when it has).
+async fn registered(url: &str, cfg: &switchboard_shared::config::Config, user: &str) -> Client {
+    let mut c = Client::connect(url, &token(cfg, "demo", user))
+        .await
+        .unwrap();
+    loop {
+        let p = c.event("presence").await;
+        if p["self"] == true {
+            return c;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_user_over_the_connection_cap_loses_the_oldest_connection_on_any_gateway() {
+    use switchboard_shared::limits::OverflowPolicy;
+    let stack = Stack::start();
+    let mut cfg = stack.config();
+    cfg.limits.enabled = true;
+    cfg.limits.user_connections = 2;
+    cfg.limits.user_connections_policy = OverflowPolicy::CloseOldest;
+    let _w = Workers::start(cfg.clone(), &["rooms", "presence"]).await;
+    let gw1 = Gateway::start(cfg.clone()).await;
+    let gw2 = Gateway::start(cfg.clone()).await;
+    let mut oldest = registered(&gw1.ws_url(), &cfg, "busy").await;
+    let mut second = registered(&gw2.ws_url(), &cfg, "busy").await;
+    let mut newest = registered(&gw1.ws_url(), &cfg, "busy").await;
+    let (code, reason) = oldest.closed().await.unwrap();
+    assert_eq!(code, 1008);
+    assert!(reason.contains("too many connections"), "{reason}");
+    second
+        .ok("rooms.create", json!({"room": "still-here"}))
+        .await;
+    newest.ok("rooms.join", json!({"room": "still-here"})).await;
+    // Another user is not affected by this user's cap.
+    let _other = registered(&gw2.ws_url(), &cfg, "other").await;
+
+    // With `refuse`, the newcomer is the one closed.
+    cfg.limits.user_connections_policy = OverflowPolicy::Refuse;
+    let stack2 = Stack::start();
+    let mut cfg2 = stack2.config();
+    cfg2.limits = cfg.limits.clone();
+    let _w2 = Workers::start(cfg2.clone(), &["rooms", "presence"]).await;
+    let gw3 = Gateway::start(cfg2.clone()).await;
+    let mut a = registered(&gw3.ws_url(), &cfg2, "busy").await;
+    let _b = registered(&gw3.ws_url(), &cfg2, "busy").await;
+    let mut c = Client::connect(&gw3.ws_url(), &token(&cfg2, "demo", "busy"))
+        .await
+        .unwrap();
+    assert_eq!(c.closed().await.map(|(code, _)| code), Some(1008));
+    a.ok("rooms.create", json!({"room": "first-stays"})).await;
+}

@@ -20,6 +20,7 @@ fn push(seq: u64, data: &str) -> Vec<u8> {
         seq,
         origin: None,
         echo: false,
+        close_code: 0,
     }
     .encode_to_vec()
 }

@@ -104,6 +104,7 @@ pub async fn start(
                     nats.clone(),
                     pool.clone(),
                     cfg.presence.clone(),
+                    cfg.limits.clone(),
                 ));
                 l.housekeeping(
                     &svc,

@@ -7,11 +7,13 @@
 //! a user online.
 
 use deadpool_redis::redis;
+use switchboard_proto::bus::Push;
 use switchboard_shared::conn_events::ConnInfo;
 use switchboard_shared::ids::GatewayId;
 use switchboard_shared::keys::{self, UserKeys};
+use switchboard_shared::limits::OverflowPolicy;
 use switchboard_shared::members::{ConnMember, TenantUser};
-use switchboard_shared::now_ms;
+use switchboard_shared::{bus, now_ms, subjects};
 
 use super::Presence;
 use super::scripts;
@@ -49,6 +51,9 @@ impl Presence {
                     self.announce(&c.tenant, &c.user, &u.state).await;
                 }
                 if !gone {
+                    self.enforce_connection_cap(c, &me)
+                        .await
+                        .log_failure("enforcing the per-user connection cap");
                     // The new device learns the user's own presence (status
                     // and text may have been set from another device). It
                     // also tells the device it is now reachable as this user.
@@ -94,6 +99,51 @@ impl Presence {
             .arg(gw.as_str())
             .query_async(&mut r)
             .await?;
+        Ok(())
+    }
+
+    /// One user may hold `limits.user_connections` connections across the
+    /// cluster (presence sees them all). Past it, the oldest connection
+    /// (`close_oldest`) or the new one (`refuse`) is closed with 1008.
+    async fn enforce_connection_cap(
+        &self,
+        c: &ConnInfo,
+        me: &ConnMember,
+    ) -> Result<(), ServiceError> {
+        let cap = self.limits.user_connections(c.tenant.as_str());
+        if cap == 0 {
+            return Ok(());
+        }
+        let k = UserKeys::new(&c.tenant, &c.user);
+        let conns: Vec<(String, u64)> = redis::cmd("HGETALL")
+            .arg(&k.presence_conns)
+            .query_async(&mut self.conn().await?)
+            .await?;
+        if conns.len() <= cap {
+            return Ok(());
+        }
+        let excess = conns.len() - cap;
+        let victims: Vec<ConnMember> = match self.limits.user_connections_policy {
+            OverflowPolicy::Refuse => vec![me.clone()],
+            OverflowPolicy::CloseOldest => {
+                let mut by_age: Vec<(u64, ConnMember)> = conns
+                    .iter()
+                    .filter_map(|(m, at)| Some((*at, ConnMember::parse(m)?)))
+                    .collect();
+                by_age.sort_by_key(|(at, m)| (*at, m.to_string()));
+                by_age.into_iter().take(excess).map(|(_, m)| m).collect()
+            }
+        };
+        for v in victims {
+            tracing::info!(user = %c.user, conn = %v, cap, "closing a connection over the user's cap");
+            let push = Push {
+                close_code: 1008,
+                ..Push::default()
+            };
+            self.nats
+                .publish(subjects::conn(&v.gw, v.conn), bus::encode(&push))
+                .await?;
+        }
         Ok(())
     }
 }

@@ -41,11 +41,23 @@ pub struct Presence {
     nats: async_nats::Client,
     pool: Pool,
     cfg: PresenceConfig,
+    /// For the cluster-wide cap on one user's connections.
+    limits: switchboard_shared::limits::LimitsConfig,
 }
 
 impl Presence {
-    pub fn new(nats: async_nats::Client, pool: Pool, cfg: PresenceConfig) -> Self {
-        Self { nats, pool, cfg }
+    pub fn new(
+        nats: async_nats::Client,
+        pool: Pool,
+        cfg: PresenceConfig,
+        limits: switchboard_shared::limits::LimitsConfig,
+    ) -> Self {
+        Self {
+            nats,
+            pool,
+            cfg,
+            limits,
+        }
     }
 
     async fn conn(&self) -> Result<deadpool_redis::Connection, ServiceError> {

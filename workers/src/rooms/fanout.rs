@@ -34,6 +34,7 @@ impl Rooms {
             seq: 0,
             origin,
             echo: false,
+            close_code: 0,
         };
         self.to_room(tenant, room, push).await;
     }

@@ -103,6 +103,7 @@ impl Rooms {
             seq,
             origin: Some(c.origin()),
             echo: req.echo,
+            close_code: 0,
         };
         self.to_room(&c.tenant, &room, push).await;
         Ok(Outcome::json(
