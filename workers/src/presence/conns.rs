@@ -115,10 +115,21 @@ impl Presence {
             return Ok(());
         }
         let k = UserKeys::new(&c.tenant, &c.user);
+        let mut r = self.conn().await?;
+        // Every connect pays one HLEN; only a user over the cap pays for
+        // reading the list.
+        let held: usize = redis::cmd("HLEN")
+            .arg(&k.presence_conns)
+            .query_async(&mut r)
+            .await?;
+        if held <= cap {
+            return Ok(());
+        }
         let conns: Vec<(String, u64)> = redis::cmd("HGETALL")
             .arg(&k.presence_conns)
-            .query_async(&mut self.conn().await?)
+            .query_async(&mut r)
             .await?;
+        drop(r);
         if conns.len() <= cap {
             return Ok(());
         }

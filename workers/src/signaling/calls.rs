@@ -266,6 +266,27 @@ impl Signaling {
         ))
     }
 
+    /// Ends a call that is still ringing on its caller's side (the caller
+    /// left, or nobody answered in time). Refused quietly when it was
+    /// answered or ended meanwhile.
+    pub(super) async fn end_ringing(
+        &self,
+        tenant: &TenantId,
+        id: &CallId,
+        caller: &str,
+        reason: EndReason,
+    ) -> Result<(), ServiceError> {
+        let caller = UserId::parse(caller)?;
+        let f = Finish {
+            by: &caller,
+            party: Some(CallRole::Caller),
+            from: CallState::Ringing,
+            reason,
+        };
+        self.finish(tenant, id, f).await?;
+        Ok(())
+    }
+
     /// Ends a call through the FINISH script and, if it ended now, tells
     /// whoever must know.
     pub(super) async fn finish(

@@ -6,13 +6,13 @@
 
 use deadpool_redis::redis;
 use serde_json::json;
-use switchboard_shared::ids::{CallId, TenantId, UserId};
+use switchboard_shared::ids::{CallId, TenantId};
 use switchboard_shared::keys;
 use switchboard_shared::members::{CallPartyEntry, CallRole, ConnMember};
 use switchboard_shared::now_ms;
 
 use super::Signaling;
-use super::scripts::{self, CallState, EndReason, Finish, Transition};
+use super::scripts::{self, CallState, EndReason, Transition};
 use crate::error::{LogFailure, ServiceError};
 
 impl Signaling {
@@ -54,15 +54,8 @@ impl Signaling {
             Some(CallState::Ringing) if role == CallRole::Caller => {
                 drop(r);
                 let Some(caller) = caller else { return Ok(()) };
-                let caller = UserId::parse(&caller)?;
-                let f = Finish {
-                    by: &caller,
-                    party: Some(CallRole::Caller),
-                    from: CallState::Ringing,
-                    reason: EndReason::Cancelled,
-                };
-                // Refused: it was answered or ended meanwhile.
-                self.finish(tenant, &id, f).await?;
+                self.end_ringing(tenant, &id, &caller, EndReason::Cancelled)
+                    .await?;
             }
             Some(CallState::Active) => {
                 let deadline = now_ms() + self.cfg.reconnect_grace_ms;

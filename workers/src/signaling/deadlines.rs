@@ -10,14 +10,13 @@
 
 use deadpool_redis::redis;
 use serde_json::json;
-use switchboard_shared::ids::UserId;
 use switchboard_shared::keys;
 use switchboard_shared::members::{CallEntry, CallPartyEntry, CallRole};
 use switchboard_shared::now_ms;
 
 use super::Signaling;
 use super::calls::{CallIdReq, bind_conn, call_id};
-use super::scripts::{self, CallState, EndReason, Finish, Transition};
+use super::scripts::{self, EndReason, Transition};
 use crate::error::{LogFailure, ServiceError};
 use crate::service::{Caller, Outcome};
 
@@ -96,16 +95,8 @@ impl Signaling {
             .await?;
         // The call's hash is gone: nothing left to end.
         let Some(caller) = caller else { return Ok(()) };
-        let caller = UserId::parse(&caller)?;
-        let f = Finish {
-            by: &caller,
-            party: Some(CallRole::Caller),
-            from: CallState::Ringing,
-            reason: EndReason::Timeout,
-        };
-        // Refused: it was answered or ended meanwhile.
-        self.finish(&e.tenant, &e.call, f).await?;
-        Ok(())
+        self.end_ringing(&e.tenant, &e.call, &caller, EndReason::Timeout)
+            .await
     }
 
     async fn sweep_grace(&self, now: u64) -> Result<(), ServiceError> {
