@@ -6,6 +6,7 @@
 //! never data. Codemap:
 //! - [`server`]: accept loop, HTTP routes, upgrade;
 //! - [`handshake`]: origin, subprotocol and token checks;
+//! - [`health`]: readiness: NATS connected and Redis answering;
 //! - [`limits`]: rate limits per user and op, per-IP connection limits;
 //! - [`state`]: the gateway-wide state every task shares;
 //! - [`conn`]: one connection: its reader, and cleanup once it ends;
@@ -27,6 +28,7 @@ pub mod conn;
 pub mod drain;
 pub mod feeds;
 pub mod handshake;
+pub mod health;
 pub mod limits;
 pub mod outbox;
 pub mod protocol;
@@ -65,6 +67,8 @@ pub enum GatewayError {
     Bus(#[from] bus::BusError),
     #[error("NATS subscription failed: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
+    #[error(transparent)]
+    Redis(#[from] switchboard_shared::redis::RedisError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -104,6 +108,11 @@ pub async fn serve(
     }
     let nats = bus::connect(&cfg.nats, &format!("switchboard-gateway[{gw}]")).await?;
     let sub = nats.subscribe(subjects::gateway_wildcard(&gw)).await?;
+    let redis = switchboard_shared::redis::pool(&cfg.redis)?;
+    let redis_up = switchboard_shared::redis::ping(&redis).await.is_ok();
+    if !redis_up {
+        tracing::warn!("redis is unreachable: not ready until it answers");
+    }
     bus::sync(&nats).await?;
     let tasks = TaskTracker::new();
     let feeds = Feeds::new(
@@ -123,6 +132,8 @@ pub async fn serve(
         gw,
         auth,
         nats,
+        redis,
+        redis_up: AtomicBool::new(redis_up),
         registry: Registry::default(),
         feeds,
         timeouts: Timeouts::default(),
@@ -142,6 +153,7 @@ pub async fn serve(
     background.spawn(router::route(state.clone(), sub, stop.clone()));
     background.spawn(requests::sweep_timeouts(state.clone(), stop.clone()));
     background.spawn(heartbeat(state.clone(), stop.clone()));
+    background.spawn(health::watch_redis(state.clone(), stop.clone()));
     server::accept_loop(&state, &listener).await;
 
     // Drain (see `drain`): not ready any more, no new connections, then every

@@ -1,6 +1,6 @@
 //! The HTTP side: the accept loop with admission control, and the routes
-//! `/ws` (WebSocket upgrade), `/healthz` (alive) and `/readyz` (NATS connected
-//! and not draining).
+//! `/ws` (WebSocket upgrade), `/healthz` (alive) and `/readyz` (NATS connected,
+//! Redis answering and not draining: see `health`).
 
 use std::convert::Infallible;
 use std::net::IpAddr;

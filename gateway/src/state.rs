@@ -1,6 +1,7 @@
 //! Gateway-wide state shared by every task: configuration, identity, the bus
 //! connection, the live connections, the room feeds and the request
-//! deadlines, plus the readiness and drain flags.
+//! deadlines, plus the readiness and drain flags and the dependencies'
+//! health.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +24,10 @@ pub struct State {
     pub gw: GatewayId,
     pub auth: Authenticator,
     pub nats: async_nats::Client,
+    /// Probed for readiness (`health`); the gateway stores nothing itself.
+    pub redis: switchboard_shared::redis::Pool,
+    /// Whether the last Redis probe answered.
+    pub redis_up: AtomicBool,
     pub registry: Registry,
     pub feeds: Feeds,
     pub timeouts: Timeouts,
@@ -39,7 +44,9 @@ pub struct State {
 
 impl State {
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed) && self.bus_up()
+        !self.draining.load(Ordering::Relaxed)
+            && self.bus_up()
+            && self.redis_up.load(Ordering::Relaxed)
     }
 
     /// Whether the gateway is connected to NATS. While it is not, requests

@@ -292,3 +292,46 @@ async fn while_nats_is_down_requests_fail_fast_and_new_connections_are_refused()
         .await;
     assert_eq!(carol.event("message").await["data"], 1);
 }
+
+#[tokio::test]
+async fn while_redis_is_down_the_gateway_is_unready_and_requests_are_unavailable() {
+    let mut stack = Stack::start_durable();
+    let cfg = config(&stack);
+    let _w = Workers::start(cfg.clone(), &["rooms"]).await;
+    let gw = Gateway::start(cfg.clone()).await;
+    let mut carol = connect(&gw.ws_url(), &cfg, "carol").await;
+    carol.ok("rooms.create", json!({"room": "r"})).await;
+    carol.ok("rooms.join", json!({"room": "r"})).await;
+    assert_eq!(http_status(&gw.http_url("/readyz")).await, 200);
+
+    stack.redis.stop().unwrap();
+    eventually(Duration::from_secs(5), async || {
+        http_status(&gw.http_url("/readyz")).await == 503
+    })
+    .await;
+    // The documented policy: still accepting connections, storage requests
+    // answered `unavailable` promptly.
+    let mut dave = connect(&gw.ws_url(), &cfg, "dave").await;
+    let asked = Instant::now();
+    assert_eq!(
+        dave.err("rooms.join", json!({"room": "r"})).await,
+        "unavailable"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_millis(2_500),
+        "took {:?}",
+        asked.elapsed()
+    );
+
+    stack.redis.resume().unwrap();
+    eventually(Duration::from_secs(5), async || {
+        http_status(&gw.http_url("/readyz")).await == 200
+    })
+    .await;
+    // Nothing stored was lost, and the same connection works again.
+    dave.ok("rooms.join", json!({"room": "r"})).await;
+    carol
+        .ok("rooms.publish", json!({"room": "r", "data": 1}))
+        .await;
+    assert_eq!(dave.event("message").await["data"], 1);
+}
