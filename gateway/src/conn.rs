@@ -43,16 +43,19 @@ pub async fn serve(state: Arc<State>, ws: WebSocket<Io>, identity: Identity) {
     rd.set_auto_pong(true);
     // fastwebsockets refuses frames of *at least* this size.
     rd.set_max_message_size(cfg.max_message_bytes.saturating_add(1));
-    let id = state.registry.next_id();
-    let h = ConnHandle::new(
-        id,
-        identity.tenant,
-        identity.user,
-        identity.grants,
-        cfg.outbound_queue,
-    );
+    let Some(h) = state.registry.insert_new(|id| {
+        ConnHandle::new(
+            id,
+            identity.tenant,
+            identity.user,
+            identity.grants,
+            cfg.outbound_queue,
+        )
+    }) else {
+        return;
+    };
+    let id = h.id;
     h.touch(elapsed_ms(state.started));
-    state.registry.insert(h.clone());
     conn_event(&state, &h, true).await;
     h.send_text(push_frame(
         "welcome",

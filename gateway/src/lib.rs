@@ -9,6 +9,8 @@
 //! - [`health`]: readiness: NATS connected and Redis answering;
 //! - [`limits`]: rate limits per user and op, per-IP connection limits;
 //! - [`state`]: the gateway-wide state every task shares;
+//! - [`control`]: control requests to this gateway (connection pages,
+//!   reset after being declared dead);
 //! - [`conn`]: one connection: its reader, and cleanup once it ends;
 //! - [`writer`]: a connection's writer: queue, pings, drain turn, close;
 //! - [`wire`]: server frames written so a cut-short one can be finished;
@@ -25,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod conn;
+pub mod control;
 pub mod drain;
 pub mod feeds;
 pub mod handshake;
@@ -108,6 +111,9 @@ pub async fn serve(
     }
     let nats = bus::connect(&cfg.nats, &format!("switchboard-gateway[{gw}]")).await?;
     let sub = nats.subscribe(subjects::gateway_wildcard(&gw)).await?;
+    let ctl = nats
+        .subscribe(subjects::gateway_control_wildcard(&gw))
+        .await?;
     let redis = switchboard_shared::redis::pool(&cfg.redis)?;
     let redis_up = switchboard_shared::redis::ping(&redis).await.is_ok();
     if !redis_up {
@@ -152,6 +158,7 @@ pub async fn serve(
     let background = TaskTracker::new();
     background.spawn(router::route(state.clone(), sub, stop.clone()));
     background.spawn(requests::sweep_timeouts(state.clone(), stop.clone()));
+    background.spawn(control::serve(state.clone(), ctl, stop.clone()));
     background.spawn(heartbeat(state.clone(), stop.clone()));
     background.spawn(health::watch_redis(state.clone(), stop.clone()));
     server::accept_loop(&state, &listener).await;
@@ -201,7 +208,7 @@ async fn heartbeat(state: Arc<State>, stop: Shutdown) {
         }
         let ev = ConnLifecycle::Heartbeat {
             gw: state.gw.clone(),
-            connections: state.registry.len() as u64,
+            digest: state.registry.digest(),
         };
         if let Err(e) = state.nats.publish(subjects::CONN_EVENTS, ev.encode()).await {
             tracing::warn!(error = %e, "could not publish the heartbeat");

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
+use switchboard_shared::conn_events::Digest;
 use switchboard_shared::ids::{TenantId, UserId};
 use tokio_util::sync::CancellationToken;
 
@@ -117,35 +118,59 @@ impl ConnHandle {
 }
 
 /// Live connections of this gateway by id.
+///
+/// Ids are allocated under the same lock that inserts them, so at any moment
+/// every id up to [`Page::high_water`] has been inserted: an id at most
+/// that which is not here is closed. The registry also keeps the
+/// [`Digest`] of its connections, which the heartbeat announces: a
+/// connection is in it from just before its `CONNECTED` is published until
+/// just before its `DISCONNECTED` is.
 #[derive(Debug, Default)]
 pub struct Registry {
-    conns: RwLock<HashMap<u64, Arc<ConnHandle>>>,
-    next_id: AtomicU64,
+    inner: RwLock<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    conns: HashMap<u64, Arc<ConnHandle>>,
+    digest: Digest,
+    last_id: u64,
+}
+
+/// A page of the live connections, in id order.
+#[derive(Debug)]
+pub struct Page {
+    pub conns: Vec<Arc<ConnHandle>>,
+    /// Every id up to this had been inserted when the page was made.
+    pub high_water: u64,
+    pub more: bool,
 }
 
 impl Registry {
-    pub fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    pub fn insert(&self, h: Arc<ConnHandle>) {
-        if let Ok(mut m) = self.conns.write() {
-            m.insert(h.id, h);
-        }
+    /// Allocates the next id, builds the connection with it and inserts it.
+    pub fn insert_new(&self, make: impl FnOnce(u64) -> Arc<ConnHandle>) -> Option<Arc<ConnHandle>> {
+        let mut m = self.inner.write().ok()?;
+        m.last_id += 1;
+        let h = make(m.last_id);
+        m.digest.add(h.id);
+        m.conns.insert(h.id, h.clone());
+        Some(h)
     }
 
     pub fn remove(&self, id: u64) {
-        if let Ok(mut m) = self.conns.write() {
-            m.remove(&id);
+        if let Ok(mut m) = self.inner.write()
+            && m.conns.remove(&id).is_some()
+        {
+            m.digest.remove(id);
         }
     }
 
     pub fn get(&self, id: u64) -> Option<Arc<ConnHandle>> {
-        self.conns.read().ok()?.get(&id).cloned()
+        self.inner.read().ok()?.conns.get(&id).cloned()
     }
 
     pub fn len(&self) -> usize {
-        self.conns.read().map(|m| m.len()).unwrap_or(0)
+        self.inner.read().map(|m| m.conns.len()).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -153,10 +178,38 @@ impl Registry {
     }
 
     pub fn all(&self) -> Vec<Arc<ConnHandle>> {
-        self.conns
+        self.inner
             .read()
-            .map(|m| m.values().cloned().collect())
+            .map(|m| m.conns.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// The digest of the live connections.
+    pub fn digest(&self) -> Digest {
+        self.inner.read().map(|m| m.digest).unwrap_or_default()
+    }
+
+    /// Up to `limit` live connections with ids above `after`, in id order.
+    pub fn page(&self, after: u64, limit: usize) -> Page {
+        let Ok(m) = self.inner.read() else {
+            return Page {
+                conns: Vec::new(),
+                high_water: 0,
+                more: false,
+            };
+        };
+        let mut ids: Vec<u64> = m.conns.keys().copied().filter(|&id| id > after).collect();
+        ids.sort_unstable();
+        let more = ids.len() > limit;
+        ids.truncate(limit);
+        Page {
+            conns: ids
+                .iter()
+                .filter_map(|id| m.conns.get(id).cloned())
+                .collect(),
+            high_water: m.last_id,
+            more,
+        }
     }
 }
 
@@ -184,5 +237,28 @@ mod tests {
         assert!(!h.send_text(Bytes::from_static(b"3")));
         assert!(h.cancel.is_cancelled());
         assert_eq!(h.close_reason().map(|r| r.code), Some(1008));
+    }
+
+    #[test]
+    fn pages_list_live_ids_in_order_and_the_digest_follows() {
+        let r = Registry::default();
+        let t = TenantId::parse("t").unwrap_or_else(|e| panic!("{e}"));
+        let u = UserId::parse("u").unwrap_or_else(|e| panic!("{e}"));
+        for _ in 0..5 {
+            r.insert_new(|id| ConnHandle::new(id, t.clone(), u.clone(), vec![], 1));
+        }
+        r.remove(2);
+        r.remove(2);
+        let mut want = Digest::default();
+        for id in [1, 3, 4, 5] {
+            want.add(id);
+        }
+        assert_eq!(r.digest(), want);
+        let p = r.page(0, 2);
+        let ids: Vec<u64> = p.conns.iter().map(|h| h.id).collect();
+        assert_eq!((ids, p.high_water, p.more), (vec![1, 3], 5, true));
+        let p = r.page(3, 2);
+        let ids: Vec<u64> = p.conns.iter().map(|h| h.id).collect();
+        assert_eq!((ids, p.more), (vec![4, 5], false));
     }
 }

@@ -88,7 +88,6 @@ async fn eventually(bound: Duration, mut f: impl AsyncFnMut() -> bool) {
 }
 
 #[tokio::test]
-#[ignore = "pending: connection repair after outages"]
 async fn a_client_that_connects_while_redis_is_down_is_repaired_when_it_returns() {
     let mut stack = Stack::start_durable();
     let cfg = config(&stack);
@@ -152,7 +151,6 @@ async fn a_client_that_connects_while_redis_is_down_is_repaired_when_it_returns(
 }
 
 #[tokio::test]
-#[ignore = "pending: connection repair after outages"]
 async fn a_client_that_leaves_while_nats_is_down_is_forgotten_when_it_returns() {
     let mut stack = Stack::start();
     let cfg = config(&stack);
@@ -206,7 +204,6 @@ async fn a_client_that_leaves_while_nats_is_down_is_forgotten_when_it_returns() 
 }
 
 #[tokio::test]
-#[ignore = "pending: connection repair after outages"]
 async fn a_gateway_declared_dead_while_paused_resets_its_connections_when_it_wakes() {
     let stack = Stack::start();
     let cfg = config(&stack);
@@ -334,4 +331,89 @@ async fn while_redis_is_down_the_gateway_is_unready_and_requests_are_unavailable
         .ok("rooms.publish", json!({"room": "r", "data": 1}))
         .await;
     assert_eq!(dave.event("message").await["data"], 1);
+}
+
+/// The repair must never take a live connection for a closed one: under
+/// constant churn (so that heartbeats keep seeing events in flight and
+/// repairs run), the steady users stay online throughout, and every user
+/// who left ends offline.
+#[tokio::test]
+async fn repairs_under_churn_never_disturb_live_connections() {
+    let stack = Stack::start();
+    let mut cfg = config(&stack);
+    cfg.gateway.heartbeat_interval_ms = 50;
+    cfg.presence.gateway_dead_after_ms = 800;
+    let _w = Workers::start(cfg.clone(), SERVICES).await;
+    let gw = Gateway::start(cfg.clone()).await;
+    let steady: Vec<String> = (0..5).map(|i| format!("steady{i}")).collect();
+    let churned: Vec<String> = (0..20).map(|i| format!("churn{i}")).collect();
+    let mut watcher = connect(&gw.ws_url(), &cfg, "watcher").await;
+    let all: Vec<&String> = steady.iter().chain(&churned).collect();
+    watcher
+        .ok("presence.subscribe", json!({ "users": all }))
+        .await;
+    let mut keep = Vec::new();
+    for u in &steady {
+        keep.push(connect(&gw.ws_url(), &cfg, u).await);
+    }
+    let mut online = std::collections::HashSet::new();
+    while online.len() < steady.len() {
+        let p = watcher.event("presence").await;
+        if p["status"] == "online" {
+            online.insert(p["user"].as_str().unwrap().to_owned());
+        }
+    }
+
+    let churn = {
+        let (url, cfg, churned) = (gw.ws_url(), cfg.clone(), churned.clone());
+        tokio::spawn(async move {
+            let until = Instant::now() + Duration::from_secs(3);
+            let mut i = 0;
+            while Instant::now() < until {
+                let mut batch = Vec::new();
+                for u in churned.iter().skip(i % 4 * 5).take(5) {
+                    batch.push(connect(&url, &cfg, u).await);
+                }
+                for c in batch {
+                    c.close().await;
+                }
+                i += 1;
+            }
+            i
+        })
+    };
+    // Meanwhile no steady user ever goes offline. Afterwards every
+    // churned user ends offline.
+    let mut last: std::collections::HashMap<String, String> = Default::default();
+    let settle = Duration::from_secs(2) + convergence_bound(&cfg);
+    loop {
+        // While churning, look every 100 ms whether it is over; then wait
+        // for silence.
+        let wait = if churn.is_finished() {
+            settle
+        } else {
+            Duration::from_millis(100)
+        };
+        let p = match tokio::time::timeout(wait, watcher.event("presence")).await {
+            Ok(p) => p,
+            Err(_) if churn.is_finished() && wait == settle => break,
+            Err(_) => continue,
+        };
+        let user = p["user"].as_str().unwrap().to_owned();
+        assert!(
+            !(steady.contains(&user) && p["status"] == "offline"),
+            "a live connection was taken for closed: {p}"
+        );
+        last.insert(user, p["status"].as_str().unwrap().to_owned());
+    }
+    assert!(
+        churn.await.unwrap() > 5,
+        "too little churn to test anything"
+    );
+    for u in &churned {
+        assert_eq!(last.get(u).map(String::as_str), Some("offline"), "{u}");
+    }
+    for c in keep {
+        c.close().await;
+    }
 }

@@ -105,6 +105,23 @@ pub fn gateway_conns(gw: &GatewayId) -> String {
     format!("sb:{{gw:{gw}}}:conns")
 }
 
+/// Hash under the gateway's hash tag: `n` and `sum`, the count and digest
+/// (`conn_events::digest_term`) of the connections in [`gateway_conns`],
+/// kept by the same script; plus what the last heartbeat disagreed by
+/// (`delta`, `mismatches`) and when a repair last ran (`repaired_at`).
+pub fn gateway_digest(gw: &GatewayId) -> String {
+    format!("sb:{{gw:{gw}}}:digest")
+}
+
+/// Set while a gateway declared dead has not yet been told to reset.
+pub fn gateway_tombstone(gw: &GatewayId) -> String {
+    format!("sb:{{gw:{gw}}}:dead")
+}
+
+/// How long a dead gateway's tombstone is kept. A gateway that wakes up
+/// later is still repaired, by the connection digest.
+pub const TOMBSTONE_TTL_SECS: u64 = 24 * 3600;
+
 /// Set of user ids (encoded) that have connected to an app, for app-wide
 /// notifications.
 pub fn tenant_users(tenant: &TenantId) -> String {

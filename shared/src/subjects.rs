@@ -10,6 +10,7 @@
 //! | `sb.presence.<tenant>.<user>` | presence worker → watchers' gateways | one user's presence |
 //! | `sb.evt.conn` | gateway → workers | connect / disconnect / heartbeat |
 //! | `sb.api.notifications.send` | app backends → notifications | send a notification |
+//! | `sb.ctl.gw.<gateway>.<cmd>` | workers, operators → one gateway | control requests ([`GatewayCommand`]) |
 //!
 //! Every argument is a validated id type, so no caller can build a subject
 //! with wildcards or extra tokens in it.
@@ -18,6 +19,47 @@ use crate::ids::{GatewayId, RoomId, TenantId, UserId};
 
 /// Connection lifecycle events, gateway → workers.
 pub const CONN_EVENTS: &str = "sb.evt.conn";
+
+/// A control request to one gateway, answered by that gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayCommand {
+    /// A page of its live connections (`bus.ConnPageRequest` →
+    /// `bus.ConnPage`), for repairing the cluster's view of them.
+    Conns,
+    /// It was declared dead: close every client (1012) so they reconnect
+    /// and register anew.
+    Reset,
+}
+
+impl GatewayCommand {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Conns => "conns",
+            Self::Reset => "reset",
+        }
+    }
+}
+
+/// The subject of control command `cmd` to gateway `gw`.
+pub fn gateway_control(gw: &GatewayId, cmd: GatewayCommand) -> String {
+    format!("sb.ctl.gw.{gw}.{}", cmd.as_str())
+}
+
+/// Every control command to gateway `gw`.
+pub fn gateway_control_wildcard(gw: &GatewayId) -> String {
+    format!("sb.ctl.gw.{gw}.*")
+}
+
+/// The command a control subject of gateway `gw` names, if any.
+pub fn parse_gateway_control(gw: &GatewayId, subject: &str) -> Option<GatewayCommand> {
+    let cmd = subject
+        .strip_prefix("sb.ctl.gw.")?
+        .strip_prefix(gw.as_str())?
+        .strip_prefix('.')?;
+    [GatewayCommand::Conns, GatewayCommand::Reset]
+        .into_iter()
+        .find(|c| c.as_str() == cmd)
+}
 
 /// The backend API of the notifications service: trusted backends send
 /// notifications with a NATS request here (a queue group of the service).
@@ -108,6 +150,19 @@ mod tests {
 
     fn gw() -> GatewayId {
         GatewayId::parse("gw1").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn gateway_control_subjects_round_trip() {
+        let g = GatewayId::parse("gw1").unwrap_or_else(|e| panic!("{e}"));
+        for cmd in [GatewayCommand::Conns, GatewayCommand::Reset] {
+            let s = gateway_control(&g, cmd);
+            assert_eq!(parse_gateway_control(&g, &s), Some(cmd));
+        }
+        assert_eq!(gateway_control_wildcard(&g), "sb.ctl.gw.gw1.*");
+        assert_eq!(parse_gateway_control(&g, "sb.ctl.gw.gw10.reset"), None);
+        assert_eq!(parse_gateway_control(&g, "sb.ctl.gw.gw1.reboot"), None);
+        assert_eq!(parse_gateway_control(&g, "sb.ctl.gw.gw1.reset.x"), None);
     }
 
     #[test]

@@ -18,12 +18,24 @@ use super::Notifications;
 use crate::error::{LogFailure, ServiceError};
 use crate::service::conns::{is_gone, mark_gone};
 
+/// What registering a connection found.
+enum Registered {
+    New,
+    /// It was registered already: this is a repeated announcement.
+    Again,
+    /// Its disconnect was processed first.
+    Gone,
+}
+
 impl Notifications {
-    /// A connection opened: register it, then send it what is pending.
+    /// A connection opened: register it, then send it what is pending. A
+    /// connection announced again (a repair after an outage) that was
+    /// registered already has had its pending list.
     pub(super) async fn connected(&self, c: &ConnInfo) {
         match self.register(c).await {
-            Ok(false) => {}
-            Ok(true) => {
+            Ok(Registered::New) => {}
+            Ok(Registered::Again) => return,
+            Ok(Registered::Gone) => {
                 // The disconnect was processed first: undo.
                 self.disconnected(c)
                     .await
@@ -40,20 +52,24 @@ impl Notifications {
             .log_failure("notifications: delivering pending notifications");
     }
 
-    /// Registers the connection (and the user as one of the app's); answers
-    /// whether the connection turned out to be gone already.
-    async fn register(&self, c: &ConnInfo) -> Result<bool, ServiceError> {
+    /// Registers the connection (and the user as one of the app's).
+    async fn register(&self, c: &ConnInfo) -> Result<Registered, ServiceError> {
         let k = UserKeys::new(&c.tenant, &c.user);
         let member = ConnMember::new(&c.gw, c.conn).to_string();
         let mut r = self.conn().await?;
-        let () = redis::pipe()
+        let (added,): (i64,) = redis::pipe()
             .hset(&k.notif_conns, &member, now_ms())
-            .ignore()
             .sadd(keys::tenant_users(&c.tenant), c.user.as_str())
             .ignore()
             .query_async(&mut r)
             .await?;
-        is_gone(&mut r, &c.gw, c.conn).await
+        Ok(if is_gone(&mut r, &c.gw, c.conn).await? {
+            Registered::Gone
+        } else if added == 1 {
+            Registered::New
+        } else {
+            Registered::Again
+        })
     }
 
     /// A connection closed: mark it gone, then unregister it.

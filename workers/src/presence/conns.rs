@@ -1,6 +1,6 @@
 //! Connection events: a connection registers with its user's presence (and
-//! under its gateway, `keys::gateway_conns`, for the reaper) and leaves it;
-//! heartbeats record when a gateway was last heard of (`keys::GATEWAYS`).
+//! under its gateway, `keys::gateway_conns` with its digest, for the reaper
+//! and the repair in `gateways`) and leaves it.
 //!
 //! A `CONNECTED` processed after its `DISCONNECTED` finds the gone marker
 //! (`service::conns`) and undoes itself, so a closed connection never keeps
@@ -9,7 +9,6 @@
 use deadpool_redis::redis;
 use switchboard_proto::bus::Push;
 use switchboard_shared::conn_events::ConnInfo;
-use switchboard_shared::ids::GatewayId;
 use switchboard_shared::keys::{self, UserKeys};
 use switchboard_shared::limits::OverflowPolicy;
 use switchboard_shared::members::{ConnMember, TenantUser};
@@ -30,18 +29,18 @@ impl Presence {
             user: c.user.clone(),
         };
         let mut r = self.conn().await?;
-        redis::pipe()
-            .hset(keys::gateway_conns(&c.gw), c.conn, owner.to_string())
-            .ignore()
-            .cmd("ZADD")
+        // Listed under its gateway (with the gateway's digest) first: if
+        // this fails, the heartbeat's digest shows the difference and the
+        // connection is announced again.
+        let new = scripts::gateway_add(&mut r, &c.gw, c.conn, &owner).await?;
+        redis::cmd("ZADD")
             .arg(keys::GATEWAYS)
             .arg("NX")
             .arg(now_ms())
             .arg(c.gw.as_str())
-            .ignore()
             .query_async::<()>(&mut r)
             .await
-            .log_failure("indexing a connection under its gateway");
+            .log_failure("recording a gateway");
         let update = scripts::connect(&mut r, &k, &me, now_ms()).await;
         let gone = is_gone(&mut r, &c.gw, c.conn).await?;
         drop(r);
@@ -50,7 +49,8 @@ impl Presence {
                 if u.changed {
                     self.announce(&c.tenant, &c.user, &u.state).await;
                 }
-                if !gone {
+                // A connection announced again (a repair) has been told.
+                if !gone && new {
                     self.enforce_connection_cap(c, &me)
                         .await
                         .log_failure("enforcing the per-user connection cap");
@@ -77,28 +77,15 @@ impl Presence {
         let k = UserKeys::new(&c.tenant, &c.user);
         let mut r = self.conn().await?;
         mark_gone(&mut redis::pipe(), &c.gw, c.conn)
-            .hdel(keys::gateway_conns(&c.gw), c.conn)
-            .ignore()
             .query_async::<()>(&mut r)
             .await
             .log_failure("marking a connection gone");
+        scripts::gateway_remove(&mut r, &c.gw, c.conn).await?;
         let u = scripts::disconnect(&mut r, &k, &ConnMember::new(&c.gw, c.conn), now_ms()).await?;
         drop(r);
         if u.changed {
             self.announce(&c.tenant, &c.user, &u.state).await;
         }
-        Ok(())
-    }
-
-    /// Records when a gateway was last heard of, by this worker's clock.
-    pub(super) async fn heartbeat(&self, gw: &GatewayId) -> Result<(), ServiceError> {
-        let mut r = self.conn().await?;
-        let () = redis::cmd("ZADD")
-            .arg(keys::GATEWAYS)
-            .arg(now_ms())
-            .arg(gw.as_str())
-            .query_async(&mut r)
-            .await?;
         Ok(())
     }
 

@@ -5,7 +5,9 @@
 //! - [`status`]: set and get a status, what others see, announcing changes;
 //! - [`watch`]: watch lists (`LATEST` feeds per user; `replay` is here);
 //! - [`room`]: presence of a room's members;
-//! - [`conns`]: connections arriving and leaving, gateway heartbeats;
+//! - [`conns`]: connections arriving and leaving;
+//! - [`gateways`]: heartbeats, the connection digest check, repairs and
+//!   resets of gateways;
 //! - [`reaper`]: the dead-gateway reaper;
 //! - [`scripts`]: the Lua and its typed results.
 //!
@@ -19,8 +21,12 @@
 //!   `presence.gateway_dead_after_ms` is claimed by exactly one presence
 //!   replica (ZREM), which publishes a disconnect for each of its connections:
 //!   every service then cleans up as if the sockets had closed.
+//! - Each gateway's connections as recorded here converge to the gateway's
+//!   own list after any outage (`gateways`): within two heartbeats of a
+//!   steady difference (or `gateways::PATIENCE` under churn) and one repair.
 
 mod conns;
+mod gateways;
 mod reaper;
 mod room;
 mod scripts;
@@ -43,6 +49,8 @@ pub struct Presence {
     cfg: PresenceConfig,
     /// For the cluster-wide cap on one user's connections.
     limits: switchboard_shared::limits::LimitsConfig,
+    /// Since when NATS and Redis have answered without a break (the reaper).
+    healthy_since: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Presence {
@@ -57,6 +65,7 @@ impl Presence {
             pool,
             cfg,
             limits,
+            healthy_since: std::sync::Mutex::new(None),
         }
     }
 
@@ -109,8 +118,8 @@ impl Service for Presence {
 
     async fn on_conn_event(&self, ev: ConnLifecycle) {
         match ev {
-            ConnLifecycle::Heartbeat { gw, .. } => self
-                .heartbeat(&gw)
+            ConnLifecycle::Heartbeat { gw, digest } => self
+                .heartbeat(&gw, digest)
                 .await
                 .log_failure("recording a gateway heartbeat"),
             ConnLifecycle::Connected(c) => self

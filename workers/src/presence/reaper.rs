@@ -3,7 +3,12 @@
 //! `presence.gateway_dead_after_ms` is claimed with ZREM by exactly one
 //! presence replica, which publishes a `DISCONNECTED` for each connection
 //! it held (`keys::gateway_conns`): every service then cleans up as if the
-//! sockets had closed.
+//! sockets had closed. It leaves a tombstone, so that a gateway that was only
+//! paused learns it was declared dead at its next heartbeat (`gateways`).
+//!
+//! Heartbeats cannot be recorded while this worker has lost NATS or Redis,
+//! so silence then says nothing about the gateways: the reaper claims
+//! nothing until both have been back for `presence.gateway_dead_after_ms`.
 
 use deadpool_redis::redis;
 use switchboard_shared::conn_events::{ConnInfo, ConnLifecycle};
@@ -21,13 +26,22 @@ impl Presence {
     /// Claims gateways that stopped heartbeating and disconnects their
     /// connections on the bus. Returns how many gateways were reaped.
     pub async fn reap_dead_gateways(&self) -> usize {
+        let bus_up = self.nats.connection_state() == async_nats::connection::State::Connected;
         let mut r = match self.conn().await {
-            Ok(r) => r,
+            Ok(r) if bus_up => r,
+            Ok(_) => {
+                self.healthy(false);
+                return 0;
+            }
             Err(e) => {
+                self.healthy(false);
                 tracing::warn!(error = %e, "looking for dead gateways failed");
                 return 0;
             }
         };
+        if !self.healthy(true) {
+            return 0;
+        }
         let cutoff = now_ms().saturating_sub(self.cfg.gateway_dead_after_ms);
         let dead: Vec<String> = match redis::cmd("ZRANGEBYSCORE")
             .arg(keys::GATEWAYS)
@@ -61,6 +75,20 @@ impl Presence {
         reaped
     }
 
+    /// Records whether NATS and Redis answer now; whether they have answered
+    /// for at least `gateway_dead_after_ms` without a break.
+    fn healthy(&self, up: bool) -> bool {
+        let Ok(mut since) = self.healthy_since.lock() else {
+            return false;
+        };
+        if !up {
+            *since = None;
+            return false;
+        }
+        let since = since.get_or_insert_with(std::time::Instant::now);
+        since.elapsed() >= std::time::Duration::from_millis(self.cfg.gateway_dead_after_ms)
+    }
+
     /// Claims gateway `gw` and announces its connections' disconnects;
     /// whether this replica got it.
     async fn reap(
@@ -80,6 +108,7 @@ impl Presence {
             tracing::warn!(value = %gw, "dropped a malformed gateway entry");
             return Ok(false);
         };
+        self.bury(&gw).await?;
         let conns: Vec<(u64, String)> = redis::cmd("HGETALL")
             .arg(keys::gateway_conns(&gw))
             .query_async(r)

@@ -1,6 +1,7 @@
-//! Lua scripts for the presence service, and their typed results. Each
-//! touches only one user's keys (hash tag `{user:<t>:<u>}`). KEYS are
-//! `presence_conns, presence`.
+//! Lua scripts for the presence service, and their typed results. The
+//! user scripts touch only one user's keys (hash tag `{user:<t>:<u>}`, KEYS
+//! `presence_conns, presence`); the gateway scripts only one gateway's
+//! (`{gw:<gw>}`, KEYS `gateway_conns, gateway_digest`).
 //!
 //! Every script answers the user's effective state as `{changed (0/1),
 //! status, text, last_seen, ver, online (0/1)}`, where `changed` says whether
@@ -10,8 +11,10 @@
 use std::sync::LazyLock;
 
 use deadpool_redis::redis::Script;
-use switchboard_shared::keys::UserKeys;
-use switchboard_shared::members::ConnMember;
+use switchboard_shared::conn_events::digest_term;
+use switchboard_shared::ids::GatewayId;
+use switchboard_shared::keys::{self, UserKeys};
+use switchboard_shared::members::{ConnMember, TenantUser};
 
 use super::status::State;
 use crate::error::ServiceError;
@@ -132,6 +135,71 @@ return state(1)
 static GET: LazyLock<Script> = LazyLock::new(|| with_state("return state(0)"));
 
 type Conn = deadpool_redis::Connection;
+
+/// ARGV: conn id, `tenant|user`, the id's digest term. Lists a connection
+/// under its gateway and adds it to the gateway's digest, once.
+static GW_ADD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('HINCRBY', KEYS[2], 'n', 1)
+  redis.call('HINCRBY', KEYS[2], 'sum', ARGV[3])
+  return 1
+end
+return 0
+"#,
+    )
+});
+
+/// ARGV: conn id, the id's digest term. Takes a connection off its gateway's
+/// list and digest, once; an empty digest is deleted with its bookkeeping.
+static GW_DEL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
+  local n = redis.call('HINCRBY', KEYS[2], 'n', -1)
+  local sum = redis.call('HINCRBY', KEYS[2], 'sum', -tonumber(ARGV[2]))
+  if n <= 0 and sum == 0 then redis.call('DEL', KEYS[2]) end
+  return 1
+end
+return 0
+"#,
+    )
+});
+
+fn added(script: &'static str, v: i64) -> Result<bool, ServiceError> {
+    flag(v).ok_or_else(|| ServiceError::script(script, v))
+}
+
+/// Lists connection `conn` of `owner` under gateway `gw`; whether it was new.
+pub async fn gateway_add(
+    r: &mut Conn,
+    gw: &GatewayId,
+    conn: u64,
+    owner: &TenantUser,
+) -> Result<bool, ServiceError> {
+    let v: i64 = GW_ADD
+        .key(keys::gateway_conns(gw))
+        .key(keys::gateway_digest(gw))
+        .arg(conn)
+        .arg(owner.to_string())
+        .arg(digest_term(conn))
+        .invoke_async(r)
+        .await?;
+    added("GW_ADD", v)
+}
+
+/// Takes connection `conn` off gateway `gw`; whether it was listed.
+pub async fn gateway_remove(r: &mut Conn, gw: &GatewayId, conn: u64) -> Result<bool, ServiceError> {
+    let v: i64 = GW_DEL
+        .key(keys::gateway_conns(gw))
+        .key(keys::gateway_digest(gw))
+        .arg(conn)
+        .arg(digest_term(conn))
+        .invoke_async(r)
+        .await?;
+    added("GW_DEL", v)
+}
 
 /// Connection `member` of the user arrives.
 pub async fn connect(
