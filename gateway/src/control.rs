@@ -10,13 +10,13 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use switchboard_proto::bus::{ConnEntry, ConnPage, ConnPageRequest};
 use switchboard_shared::subjects::{GatewayCommand, parse_gateway_control};
 use switchboard_shared::{Shutdown, bus};
 
 use crate::State;
 use crate::registry::CloseReason;
+use crate::router::next_message;
 
 /// Connections per page when the request does not say.
 const DEFAULT_PAGE: usize = 1_000;
@@ -25,14 +25,7 @@ const MAX_PAGE: usize = 10_000;
 
 /// Serves control requests from `sub` until it ends or `stop` fires.
 pub async fn serve(state: Arc<State>, mut sub: async_nats::Subscriber, stop: Shutdown) {
-    loop {
-        let msg = tokio::select! {
-            _ = stop.cancelled() => return,
-            msg = sub.next() => match msg {
-                Some(m) => m,
-                None => return,
-            },
-        };
+    while let Some(msg) = next_message(&mut sub, &stop).await {
         let Some(reply) = msg.reply.clone() else {
             continue;
         };

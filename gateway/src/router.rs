@@ -17,14 +17,7 @@ use crate::requests;
 /// Routes messages from the gateway's wildcard subscription until it ends or
 /// `stop` fires.
 pub async fn route(state: Arc<State>, mut sub: async_nats::Subscriber, stop: Shutdown) {
-    loop {
-        let msg = tokio::select! {
-            _ = stop.cancelled() => return,
-            msg = sub.next() => match msg {
-                Some(m) => m,
-                None => return,
-            },
-        };
+    while let Some(msg) = next_message(&mut sub, &stop).await {
         match parse_gateway_subject(&state.gw, &msg.subject) {
             Some(GatewayTarget::Reply { conn, req }) => {
                 if let Some(h) = state.registry.get(conn) {
@@ -34,6 +27,17 @@ pub async fn route(state: Arc<State>, mut sub: async_nats::Subscriber, stop: Shu
             Some(GatewayTarget::Push { conn }) => on_push(&state, conn, msg),
             None => tracing::debug!(subject = %msg.subject, "unroutable message"),
         }
+    }
+}
+
+/// The next message of `sub`; `None` once it ends or `stop` fires.
+pub(crate) async fn next_message(
+    sub: &mut async_nats::Subscriber,
+    stop: &Shutdown,
+) -> Option<async_nats::Message> {
+    tokio::select! {
+        _ = stop.cancelled() => None,
+        msg = sub.next() => msg,
     }
 }
 

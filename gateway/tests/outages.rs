@@ -77,6 +77,25 @@ async fn http_status(url: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// Waits until the gateway's `/readyz` answers `status`.
+async fn readyz_becomes(gw: &Gateway, status: u16, bound: Duration) {
+    eventually(bound, async || {
+        http_status(&gw.http_url("/readyz")).await == status
+    })
+    .await;
+}
+
+/// Rooms workers, a gateway, and carol as the member of room `r`.
+async fn carol_in_room_r(stack: &Stack) -> (Config, Workers, Gateway, Client) {
+    let cfg = config(stack);
+    let w = Workers::start(cfg.clone(), &["rooms"]).await;
+    let gw = Gateway::start(cfg.clone()).await;
+    let mut carol = connect(&gw.ws_url(), &cfg, "carol").await;
+    carol.ok("rooms.create", json!({"room": "r"})).await;
+    carol.ok("rooms.join", json!({"room": "r"})).await;
+    (cfg, w, gw, carol)
+}
+
 /// Polls `f` until it is true, failing after `bound`. For states that
 /// produce no event to wait on (an HTTP status).
 async fn eventually(bound: Duration, mut f: impl AsyncFnMut() -> bool) {
@@ -109,10 +128,7 @@ async fn a_client_that_connects_while_redis_is_down_is_repaired_when_it_returns(
     );
 
     stack.redis.stop().unwrap();
-    eventually(Duration::from_secs(5), async || {
-        http_status(&gw.http_url("/readyz")).await == 503
-    })
-    .await;
+    readyz_becomes(&gw, 503, Duration::from_secs(5)).await;
     let mut alice = connect(&gw.ws_url(), &cfg, "alice").await;
     let asked = Instant::now();
     let e = alice.err("presence.set", json!({"status": "busy"})).await;
@@ -144,10 +160,7 @@ async fn a_client_that_connects_while_redis_is_down_is_repaired_when_it_returns(
         true
     );
     assert_eq!(alice.event("notification").await["type"], "after");
-    eventually(Duration::from_secs(5), async || {
-        http_status(&gw.http_url("/readyz")).await == 200
-    })
-    .await;
+    readyz_becomes(&gw, 200, Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -250,18 +263,10 @@ async fn a_gateway_declared_dead_while_paused_resets_its_connections_when_it_wak
 #[tokio::test]
 async fn while_nats_is_down_requests_fail_fast_and_new_connections_are_refused() {
     let mut stack = Stack::start();
-    let cfg = config(&stack);
-    let _w = Workers::start(cfg.clone(), &["rooms"]).await;
-    let gw = Gateway::start(cfg.clone()).await;
-    let mut carol = connect(&gw.ws_url(), &cfg, "carol").await;
-    carol.ok("rooms.create", json!({"room": "r"})).await;
-    carol.ok("rooms.join", json!({"room": "r"})).await;
+    let (cfg, _w, gw, mut carol) = carol_in_room_r(&stack).await;
 
     stack.nats.stop().unwrap();
-    eventually(Duration::from_secs(5), async || {
-        http_status(&gw.http_url("/readyz")).await == 503
-    })
-    .await;
+    readyz_becomes(&gw, 503, Duration::from_secs(5)).await;
     let asked = Instant::now();
     assert_eq!(
         carol.err("rooms.info", json!({"room": "r"})).await,
@@ -277,10 +282,7 @@ async fn while_nats_is_down_requests_fail_fast_and_new_connections_are_refused()
 
     // Everything works again once the bus is back, on the same connection.
     stack.nats.resume().unwrap();
-    eventually(Duration::from_secs(10), async || {
-        http_status(&gw.http_url("/readyz")).await == 200
-    })
-    .await;
+    readyz_becomes(&gw, 200, Duration::from_secs(10)).await;
     let mut dave = connect(&gw.ws_url(), &cfg, "dave").await;
     dave.ok("rooms.join", json!({"room": "r"})).await;
     // The workers' subscriptions come back on their own; requests succeed
@@ -293,19 +295,11 @@ async fn while_nats_is_down_requests_fail_fast_and_new_connections_are_refused()
 #[tokio::test]
 async fn while_redis_is_down_the_gateway_is_unready_and_requests_are_unavailable() {
     let mut stack = Stack::start_durable();
-    let cfg = config(&stack);
-    let _w = Workers::start(cfg.clone(), &["rooms"]).await;
-    let gw = Gateway::start(cfg.clone()).await;
-    let mut carol = connect(&gw.ws_url(), &cfg, "carol").await;
-    carol.ok("rooms.create", json!({"room": "r"})).await;
-    carol.ok("rooms.join", json!({"room": "r"})).await;
+    let (cfg, _w, gw, mut carol) = carol_in_room_r(&stack).await;
     assert_eq!(http_status(&gw.http_url("/readyz")).await, 200);
 
     stack.redis.stop().unwrap();
-    eventually(Duration::from_secs(5), async || {
-        http_status(&gw.http_url("/readyz")).await == 503
-    })
-    .await;
+    readyz_becomes(&gw, 503, Duration::from_secs(5)).await;
     // The documented policy: still accepting connections, storage requests
     // answered `unavailable` promptly.
     let mut dave = connect(&gw.ws_url(), &cfg, "dave").await;
@@ -321,10 +315,7 @@ async fn while_redis_is_down_the_gateway_is_unready_and_requests_are_unavailable
     );
 
     stack.redis.resume().unwrap();
-    eventually(Duration::from_secs(5), async || {
-        http_status(&gw.http_url("/readyz")).await == 200
-    })
-    .await;
+    readyz_becomes(&gw, 200, Duration::from_secs(5)).await;
     // Nothing stored was lost, and the same connection works again.
     dave.ok("rooms.join", json!({"room": "r"})).await;
     carol
