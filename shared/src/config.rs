@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 /// warns loudly when it runs with it.
 pub const DEV_SECRET: &str = "switchboard-dev-secret-change-me";
 
+/// Longest `rooms.dedupe_window_secs` (a day): the ids a room remembers grow
+/// with the window.
+pub const MAX_DEDUPE_WINDOW_SECS: u64 = 86_400;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -140,6 +144,9 @@ pub struct RoomsConfig {
     pub max_members_cap: u32,
     /// Most entries one `history` read returns.
     pub history_page_max: u64,
+    /// How long a publish's client message id (`msg_id`) is remembered, per
+    /// room and user: a publish repeating it within this is not stored again.
+    pub dedupe_window_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -290,6 +297,7 @@ impl Default for RoomsConfig {
             typing_ttl_ms: 6_000,
             max_members_cap: 10_000,
             history_page_max: 500,
+            dedupe_window_secs: 120,
         }
     }
 }
@@ -470,6 +478,12 @@ impl Config {
                 return invalid(key, "must be greater than 0".into());
             }
         }
+        if !(1..=MAX_DEDUPE_WINDOW_SECS).contains(&self.rooms.dedupe_window_secs) {
+            return invalid(
+                "rooms.dedupe_window_secs",
+                format!("must be between 1 and {MAX_DEDUPE_WINDOW_SECS}"),
+            );
+        }
         if self.matchmaking.max_tickets_per_pass == 0 {
             return invalid(
                 "matchmaking.max_tickets_per_pass",
@@ -540,41 +554,43 @@ mod tests {
         assert_eq!(cfg.rooms.history_max, 5);
     }
 
+    /// The error `s` fails with ('' when it loads).
+    fn error_of(s: &str) -> String {
+        from_toml(s)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
     #[test]
     fn a_bad_value_names_its_key() {
-        let err = from_toml("[gateway]\nlisten = \"nowhere\"\n")
-            .err()
-            .map(|e| e.to_string());
-        let err = err.unwrap_or_default();
-        assert!(err.contains("listen"), "{err}");
-        let err = from_toml("[gateway]\nmax_inflight = 0\n")
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("gateway.max_inflight"), "{err}");
-        let err = from_toml("[matchmaking]\nrelax_after_secs = [20, 10]\n")
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("matchmaking.relax_after_secs"), "{err}");
-        let err = from_toml("[auth]\nalgorithms = [\"none\"]\n")
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("auth.algorithms"), "{err}");
-        let err = from_toml("[gateway]\nlistne = \"x\"\n")
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("listne"), "{err}");
+        for (toml, key) in [
+            ("[gateway]\nlisten = \"nowhere\"\n", "listen"),
+            ("[gateway]\nmax_inflight = 0\n", "gateway.max_inflight"),
+            (
+                "[matchmaking]\nrelax_after_secs = [20, 10]\n",
+                "matchmaking.relax_after_secs",
+            ),
+            ("[auth]\nalgorithms = [\"none\"]\n", "auth.algorithms"),
+            ("[gateway]\nlistne = \"x\"\n", "listne"),
+            (
+                "[rooms]\ndedupe_window_secs = 0\n",
+                "rooms.dedupe_window_secs",
+            ),
+            (
+                "[rooms]\ndedupe_window_secs = 86401\n",
+                "rooms.dedupe_window_secs",
+            ),
+        ] {
+            let err = error_of(toml);
+            assert!(err.contains(key), "{toml:?}: {err}");
+        }
+        assert_eq!(error_of("[rooms]\ndedupe_window_secs = 86400\n"), "");
     }
 
     #[test]
     fn the_drain_grace_must_outlast_the_drain_window() {
-        let err = from_toml("[gateway]\ndrain_window_ms = 5000\ndrain_grace_ms = 5000\n")
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = error_of("[gateway]\ndrain_window_ms = 5000\ndrain_grace_ms = 5000\n");
         assert!(err.contains("gateway.drain_grace_ms"), "{err}");
         let cfg = from_toml("[gateway]\ndrain_window_ms = 0\ndrain_grace_ms = 100\n")
             .unwrap_or_else(|e| panic!("{e}"));

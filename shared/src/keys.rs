@@ -21,6 +21,14 @@ pub struct RoomKeys {
     pub delivered: String,
     /// Hash: `<seq>|<emoji>|<user>` → 1, reactions on messages.
     pub reactions: String,
+    /// Hash: [`crate::members::PublishedId`] (`<msg_id>|<user>`) →
+    /// `<seq>:<ts_ms>`, the client message ids published in the dedupe
+    /// window and what they were stored as.
+    pub msg_ids: String,
+    /// Sorted set: the same fields by publish time (ms). The publish script
+    /// drops the entries older than the window from both keys, a bounded
+    /// number per call, so they hold about one window of ids.
+    pub msg_id_times: String,
 }
 
 impl RoomKeys {
@@ -34,6 +42,8 @@ impl RoomKeys {
             read: format!("{tag}:read"),
             delivered: format!("{tag}:delivered"),
             reactions: format!("{tag}:reactions"),
+            msg_ids: format!("{tag}:msgids"),
+            msg_id_times: format!("{tag}:msgidt"),
         }
     }
 
@@ -44,7 +54,7 @@ impl RoomKeys {
     }
 
     /// In the order the Lua scripts expect them as KEYS.
-    pub fn all(&self) -> [&str; 7] {
+    pub fn all(&self) -> [&str; 9] {
         [
             &self.meta,
             &self.conns,
@@ -53,6 +63,8 @@ impl RoomKeys {
             &self.read,
             &self.delivered,
             &self.reactions,
+            &self.msg_ids,
+            &self.msg_id_times,
         ]
     }
 }

@@ -13,6 +13,7 @@
 //! | [`CallPartyEntry`] | `<tenant>\|<call>\|<role>` | reconnect-grace deadlines |
 //! | [`TicketOwner`] | `<gateway>\|<conn>\|<user>` | matchmaking ticket owners |
 //! | [`ReactionField`] | `<seq>\|<emoji>\|<user>` | a room's reactions |
+//! | [`PublishedId`] | `<msg_id>\|<user>` | a room's recent client message ids |
 //!
 //! Tenant, room and gateway ids never contain `|` or `:` (see [`crate::ids`]);
 //! a user id may, so it always comes last and is split off whole.
@@ -274,6 +275,57 @@ impl fmt::Display for ReactionField {
     }
 }
 
+/// A message id chosen by a client to make a publish safe to retry: 1 to
+/// [`ClientMsgId::MAX_LEN`] characters of `[A-Za-z0-9_.:-]` (never `|`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientMsgId(String);
+
+impl ClientMsgId {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn parse(s: &str) -> Option<Self> {
+        let ok = (1..=Self::MAX_LEN).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+        ok.then(|| Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ClientMsgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A client message id as one user sent it in a room: `<msg_id>|<user>`.
+/// Two users may pick the same id; with the user in the field they never
+/// meet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedId {
+    pub msg_id: ClientMsgId,
+    pub user: UserId,
+}
+
+impl PublishedId {
+    pub fn parse(s: &str) -> Option<Self> {
+        let (m, u) = s.split_once('|')?;
+        Some(Self {
+            msg_id: ClientMsgId::parse(m)?,
+            user: UserId::parse(u).ok()?,
+        })
+    }
+}
+
+impl fmt::Display for PublishedId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}|{}", self.msg_id, self.user)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,6 +385,29 @@ mod tests {
             user: u,
         };
         assert_eq!(ReactionField::parse(&rf.to_string()), Some(rf));
+        let pi = PublishedId {
+            msg_id: ok(ClientMsgId::parse("c-1:x.y_Z").ok_or("msg id")),
+            user: ok(UserId::parse("a|b:c@example.com")),
+        };
+        assert_eq!(pi.to_string(), "c-1:x.y_Z|a|b:c@example.com");
+        assert_eq!(PublishedId::parse(&pi.to_string()), Some(pi));
+    }
+
+    #[test]
+    fn client_msg_ids_are_short_and_plain() {
+        assert!(ClientMsgId::parse(&"a".repeat(ClientMsgId::MAX_LEN)).is_some());
+        for bad in [
+            String::new(),
+            "a".repeat(ClientMsgId::MAX_LEN + 1),
+            "a|b".into(),
+            "a b".into(),
+            "a*".into(),
+            "{x}".into(),
+            "é".into(),
+            "a\n".into(),
+        ] {
+            assert_eq!(ClientMsgId::parse(&bad), None, "{bad:?}");
+        }
     }
 
     #[test]
@@ -369,6 +444,9 @@ mod tests {
         }
         for bad in ["1|x", "x|e|u", "1||u", "1|e|"] {
             assert_eq!(ReactionField::parse(bad), None, "{bad:?}");
+        }
+        for bad in ["m", "m|", "|u", "m x|u", "m|a b"] {
+            assert_eq!(PublishedId::parse(bad), None, "{bad:?}");
         }
     }
 }

@@ -181,6 +181,12 @@ impl GatewayProcess {
     /// Starts the gateway binary at `bin` with `cfg` passed as `SB_`
     /// variables, on a free port; returns once `/readyz` answers 200.
     pub async fn start(bin: &str, cfg: &Config) -> Self {
+        Self::start_with_env(bin, cfg, &[]).await
+    }
+
+    /// Like [`GatewayProcess::start`], with more `SB_` variables for
+    /// settings `start` does not pass (e.g. per-app limits).
+    pub async fn start_with_env(bin: &str, cfg: &Config, env: &[(&str, &str)]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -200,6 +206,7 @@ impl GatewayProcess {
                 g.request_timeout_ms.to_string(),
             )
             .env("SB_LOG__FILTER", "warn")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));

@@ -1,6 +1,12 @@
 //! Messages: publish (stored and sequenced, then fanned out), history pages,
 //! and the `_replay` ranges gateways fetch to fill gaps in a room's feed.
 //!
+//! A publish may carry a client message id (`msg_id`): the same user
+//! publishing the same id in the same room within `dedupe_window_secs` gets
+//! the first publish's `{room, seq, ts}` with `duplicate: true`, and nothing
+//! is stored or fanned out again, so a publish whose outcome the client
+//! never learned (`timeout`, `unavailable`) is safe to retry.
+//!
 //! History keeps at most `history_max` entries, none older than
 //! `history_ttl_secs`: entries past the age cutoff count as gone even before
 //! the publish script trims them, so `first_seq` moves past them.
@@ -12,6 +18,7 @@ use switchboard_proto::bus::{ConnRef, Push, ReplayBatch, ReplayItem, ReplayReque
 use switchboard_shared::error::ErrorCode;
 use switchboard_shared::ids::{RoomId, TenantId};
 use switchboard_shared::keys::RoomKeys;
+use switchboard_shared::members::{ClientMsgId, PublishedId};
 use switchboard_shared::{frames, now_ms};
 
 use super::scripts::{self, Entry, NewMessage, Publish, Read};
@@ -26,6 +33,9 @@ pub(super) struct PublishReq {
     data: Box<RawValue>,
     #[serde(default)]
     echo: bool,
+    /// Any JSON, so that a value of the wrong type gets the same clear
+    /// refusal as a malformed string.
+    msg_id: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -69,6 +79,18 @@ impl Rooms {
         req: PublishReq,
     ) -> Result<Outcome, ServiceError> {
         let room = RoomId::parse(&req.room)?;
+        let msg_id = match &req.msg_id {
+            None => None,
+            Some(id) => Some(PublishedId {
+                msg_id: id.as_str().and_then(ClientMsgId::parse).ok_or_else(|| {
+                    ServiceError::bad_request(format!(
+                        "`msg_id` must be a string of 1 to {} characters of A-Z, a-z, 0-9, `_`, `.`, `:` or `-`",
+                        ClientMsgId::MAX_LEN
+                    ))
+                })?,
+                user: c.user.clone(),
+            }),
+        };
         let k = RoomKeys::new(&c.tenant, &room);
         let ts = now_ms();
         // The stored message is head + seq + tail; both halves are JSON built
@@ -88,9 +110,19 @@ impl Rooms {
             history_max: self.cfg.history_max,
             cutoff_ms: self.history_cutoff(ts),
             echo: req.echo,
+            msg_id: msg_id.as_ref(),
+            dedupe_since_ms: ts.saturating_sub(self.cfg.dedupe_window_secs.saturating_mul(1000)),
         };
         let (seq, message) = match scripts::publish(&mut self.conn().await?, &k, new).await? {
             Publish::Stored { seq, message } => (seq, message),
+            Publish::Duplicate { seq, ts_ms } => {
+                return Ok(Outcome::json(&json!({
+                    "room": room.as_str(),
+                    "seq": seq,
+                    "ts": ts_ms,
+                    "duplicate": true,
+                })));
+            }
             Publish::NotMember => {
                 return Err(ServiceError::client(
                     ErrorCode::NotMember,

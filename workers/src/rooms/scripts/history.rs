@@ -5,21 +5,43 @@ use std::sync::LazyLock;
 use deadpool_redis::redis::{Script, Value};
 use switchboard_shared::ids::UserId;
 use switchboard_shared::keys::RoomKeys;
-use switchboard_shared::members::ConnMember;
+use switchboard_shared::members::{ConnMember, PublishedId};
 
 use super::{Conn, bool_arg, count, reply};
 use crate::error::ServiceError;
 
 /// ARGV: member field, now_ms, json head, json tail, history_max, cutoff_ms,
-/// user, no-echo member ('' when the sender wants its message back). The
-/// stored message is `head .. seq .. tail`; field `o` keeps the no-echo
-/// member, so a replay skips the sender as the live push does. The sender's
-/// read marker moves to it (sending implies having read the conversation).
-/// Returns {seq, message} or {-4, ''} when the connection is not a member.
+/// user, no-echo member ('' when the sender wants its message back),
+/// published id (`<msg_id>|<user>`, '' without a client message id),
+/// dedupe cutoff ms. The stored message is `head .. seq .. tail`; field `o`
+/// keeps the no-echo member, so a replay skips the sender as the live push
+/// does. The sender's read marker moves to it (sending implies having read
+/// the conversation).
+///
+/// A published id seen at or after the dedupe cutoff is not stored again:
+/// the script answers what it was stored as. Ids older than the cutoff are
+/// dropped from `msg_ids` and `msg_id_times`, at most 64 per call (each call
+/// adds at most one), so both keys hold about one window of ids.
+///
+/// Returns {1, seq, message} when stored, {0, seq, ts_ms} for an id already
+/// published (seq and time of that publish), {-4, 0, ''} when the connection
+/// is not a member.
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {-4, ''} end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {-4, 0, ''} end
+local stale = redis.call('ZRANGEBYSCORE', KEYS[9], '-inf', '(' .. ARGV[10], 'LIMIT', 0, 64)
+if #stale > 0 then
+  redis.call('HDEL', KEYS[8], unpack(stale))
+  redis.call('ZREM', KEYS[9], unpack(stale))
+end
+if ARGV[9] ~= '' then
+  local seen = redis.call('HGET', KEYS[8], ARGV[9])
+  if seen then
+    local s, t = string.match(seen, '^(%d+):(%d+)$')
+    if s and tonumber(t) >= tonumber(ARGV[10]) then return {0, tonumber(s), t} end
+  end
+end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local m = ARGV[3] .. seq .. ARGV[4]
 if ARGV[8] == '' then
@@ -34,7 +56,11 @@ for _, e in ipairs(old) do
 end
 local r = tonumber(redis.call('HGET', KEYS[5], ARGV[7]) or '0')
 if seq > r then redis.call('HSET', KEYS[5], ARGV[7], seq) end
-return {seq, m}
+if ARGV[9] ~= '' then
+  redis.call('HSET', KEYS[8], ARGV[9], seq .. ':' .. ARGV[2])
+  redis.call('ZADD', KEYS[9], ARGV[2], ARGV[9])
+end
+return {1, seq, m}
 "#,
     )
 });
@@ -47,18 +73,31 @@ pub enum Publish {
         seq: u64,
         message: String,
     },
+    /// The sender published this client message id within the dedupe
+    /// window already: nothing was stored; the first publish got `seq` at
+    /// `ts_ms`.
+    Duplicate {
+        seq: u64,
+        ts_ms: u64,
+    },
     NotMember,
 }
 
 impl Publish {
-    pub(super) fn decode((seq, message): (i64, String)) -> Result<Self, ServiceError> {
-        match seq {
+    pub(super) fn decode((status, seq, payload): (i64, i64, String)) -> Result<Self, ServiceError> {
+        let bad = || ServiceError::script("PUBLISH", (status, seq, &payload));
+        match status {
             -4 => Ok(Self::NotMember),
-            s if s >= 1 => Ok(Self::Stored {
-                seq: count("PUBLISH", s)?,
-                message,
+            1 | 0 if seq < 1 => Err(bad()),
+            1 => Ok(Self::Stored {
+                seq: count("PUBLISH", seq)?,
+                message: payload,
             }),
-            other => Err(ServiceError::script("PUBLISH", other)),
+            0 => Ok(Self::Duplicate {
+                seq: count("PUBLISH", seq)?,
+                ts_ms: payload.parse().map_err(|_| bad())?,
+            }),
+            _ => Err(bad()),
         }
     }
 }
@@ -77,6 +116,10 @@ pub struct NewMessage<'a> {
     pub cutoff_ms: u64,
     /// The sender asked to get its own message back.
     pub echo: bool,
+    /// The sender's client message id, to publish it at most once.
+    pub msg_id: Option<&'a PublishedId>,
+    /// Client message ids published before this (ms) are forgotten.
+    pub dedupe_since_ms: u64,
 }
 
 pub async fn publish(
@@ -98,6 +141,8 @@ pub async fn publish(
         } else {
             m.member.to_string()
         })
+        .arg(m.msg_id.map(ToString::to_string).unwrap_or_default())
+        .arg(m.dedupe_since_ms)
         .invoke_async(r)
         .await?;
     Publish::decode(reply("PUBLISH", &v)?)

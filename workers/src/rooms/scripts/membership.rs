@@ -16,7 +16,7 @@ static CREATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
+for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
 redis.call('HSET', KEYS[1], 'max', ARGV[1], 'private', ARGV[2], 'created_by', ARGV[3], 'created_at', ARGV[4], 'seq', 0)
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1

@@ -1,13 +1,14 @@
 //! Lua scripts for the rooms service and their typed results. Each script
 //! touches only the keys of one room (one hash tag), so it is atomic and
 //! Redis-Cluster safe. KEYS are always `meta, conns, users, history, read,
-//! delivered, reactions` (see `switchboard_shared::keys::RoomKeys::all`).
+//! delivered, reactions, msg_ids, msg_id_times` (see
+//! `switchboard_shared::keys::RoomKeys::all`).
 //!
 //! Every script is run through the function beside it, which passes its ARGV
 //! in order and decodes the reply into a typed result. Status codes are read
 //! in this module and nowhere else: 1 ok, -1 no such room, -2 room full,
 //! -3 private room without a grant, -4 not a member, -5 no such message,
-//! 0 nothing to do. A reply outside a script's contract is a
+//! 0 nothing to do (for PUBLISH: a client message id already published). A reply outside a script's contract is a
 //! `ServiceError::Script` naming the script.
 //!
 //! - [`membership`]: CREATE, JOIN, LEAVE;

@@ -63,17 +63,28 @@ fn leave_names_the_user_whose_last_connection_left() {
 #[test]
 fn publish_mark_and_react_statuses_decode() {
     assert_eq!(
-        Publish::decode((5, "{}".into())).ok(),
+        Publish::decode((1, 5, "{}".into())).ok(),
         Some(Publish::Stored {
             seq: 5,
             message: "{}".into()
         })
     );
     assert_eq!(
-        Publish::decode((-4, String::new())).ok(),
+        Publish::decode((0, 5, "1795474419095".into())).ok(),
+        Some(Publish::Duplicate {
+            seq: 5,
+            ts_ms: 1_795_474_419_095
+        })
+    );
+    assert_eq!(
+        Publish::decode((-4, 0, String::new())).ok(),
         Some(Publish::NotMember)
     );
-    script_error(Publish::decode((0, String::new())), "PUBLISH");
+    script_error(Publish::decode((1, 0, String::new())), "PUBLISH");
+    script_error(Publish::decode((0, 0, "1".into())), "PUBLISH");
+    script_error(Publish::decode((0, 5, "soon".into())), "PUBLISH");
+    script_error(Publish::decode((1, -1, "{}".into())), "PUBLISH");
+    script_error(Publish::decode((2, 5, "{}".into())), "PUBLISH");
     assert_eq!(
         Mark::decode((1, 4, 3, 1)).ok(),
         Some(Mark::Marked {
