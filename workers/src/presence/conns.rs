@@ -10,7 +10,7 @@ use deadpool_redis::redis;
 use switchboard_proto::bus::Push;
 use switchboard_shared::conn_events::ConnInfo;
 use switchboard_shared::ids::GatewayId;
-use switchboard_shared::keys::{self, UserKeys};
+use switchboard_shared::keys::{self, AppKeys, UserKeys};
 use switchboard_shared::limits::OverflowPolicy;
 use switchboard_shared::members::{ConnMember, TenantUser};
 use switchboard_shared::{bus, now_ms, subjects};
@@ -32,6 +32,10 @@ impl Presence {
         let mut r = self.conn().await?;
         redis::pipe()
             .hset(keys::gateway_conns(&c.gw), c.conn, owner.to_string())
+            .ignore()
+            // The `connections_per_app` count: a set, so a repeated or
+            // undone event never counts a connection twice.
+            .sadd(AppKeys::new(&c.tenant).conns, me.to_string())
             .ignore()
             .cmd("ZADD")
             .arg(keys::GATEWAYS)
@@ -78,6 +82,8 @@ impl Presence {
         let mut r = self.conn().await?;
         mark_gone(&mut redis::pipe(), &c.gw, c.conn)
             .hdel(keys::gateway_conns(&c.gw), c.conn)
+            .ignore()
+            .srem(AppKeys::new(&c.tenant).conns, ConnMember::new(&c.gw, c.conn).to_string())
             .ignore()
             .query_async::<()>(&mut r)
             .await
