@@ -249,6 +249,18 @@ pub async fn usage(
     })
 }
 
+/// How many connections `app` has open across the cluster, as the presence
+/// service has registered them (the `connections_per_app` count).
+pub async fn app_connections(
+    r: &mut deadpool_redis::Connection,
+    app: &TenantId,
+) -> Result<u64, redis::RedisError> {
+    redis::cmd("SCARD")
+        .arg(AppKeys::new(app).conns)
+        .query_async(r)
+        .await
+}
+
 /// How many rooms `user` of `app` created that still exist (the same
 /// count the `rooms_created_per_user` quota uses; expired rooms leave it at
 /// the user's next create over the quota or at the sweep).
