@@ -97,10 +97,7 @@ impl ConnHandle {
         let Ok(mut w) = self.watching.lock() else {
             return false;
         };
-        let new: HashSet<&str> = subjects
-            .into_iter()
-            .filter(|s| !w.contains(*s))
-            .collect();
+        let new: HashSet<&str> = subjects.into_iter().filter(|s| !w.contains(*s)).collect();
         if (w.len() + new.len()) as u64 > max {
             return false;
         }
@@ -258,7 +255,10 @@ mod tests {
         assert!(h.signal("r2", true, 10, 100, 2));
         assert!(h.signal("r1", true, 20, 100, 2), "a known room");
         assert!(!h.signal("r3", true, 30, 100, 2));
-        assert!(h.signal("r2", false, 40, 100, 2), "ending is always allowed");
+        assert!(
+            h.signal("r2", false, 40, 100, 2),
+            "ending is always allowed"
+        );
         assert!(h.signal("r3", true, 50, 100, 2), "r2 ended");
         assert!(!h.signal("r4", true, 60, 100, 2));
         assert!(h.signal("r4", true, 121, 100, 2), "r1 went quiet at 120");

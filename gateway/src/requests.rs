@@ -408,8 +408,12 @@ mod tests {
                 "message": "too many", "limit": "rooms_per_connection", "value": 20}})
         );
         let plain: serde_json::Value =
-            serde_json::from_slice(&worker_error_frame("7", "not_found", "no", b"")).unwrap_or_default();
-        assert_eq!(plain["error"], serde_json::json!({"code": "not_found", "message": "no"}));
+            serde_json::from_slice(&worker_error_frame("7", "not_found", "no", b""))
+                .unwrap_or_default();
+        assert_eq!(
+            plain["error"],
+            serde_json::json!({"code": "not_found", "message": "no"})
+        );
     }
 
     #[test]

@@ -284,7 +284,10 @@ impl AppConns {
 /// quota; `Err(quota)` when not. When the count cannot be read (Redis down
 /// or slow) the connection is admitted: the quota fails open.
 async fn admit_app(state: &State, app: &TenantId) -> Result<(), u64> {
-    let max = state.cfg.quotas.limit(app.as_str(), Quota::ConnectionsPerApp);
+    let max = state
+        .cfg
+        .quotas
+        .limit(app.as_str(), Quota::ConnectionsPerApp);
     if max == 0 {
         return Ok(());
     }

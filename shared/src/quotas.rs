@@ -417,6 +417,9 @@ mod tests {
         );
         assert_eq!(t("publish", r#"{"room":"r"}"#), None);
         assert_eq!(t("typing", "null"), None);
-        assert_eq!(signal_touch("presence", "typing", b"{\"room\":\"r\"}"), None);
+        assert_eq!(
+            signal_touch("presence", "typing", b"{\"room\":\"r\"}"),
+            None
+        );
     }
 }

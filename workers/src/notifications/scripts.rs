@@ -222,7 +222,10 @@ mod tests {
     #[test]
     fn expiries_of_removed_notifications_decode() {
         let s = Stored::from_reply((3, vec!["1700000000000".into(), "1.7e12".into(), "x".into()]));
-        assert_eq!((s.unread, s.dropped), (3, vec![1_700_000_000_000, 1_700_000_000_000]));
+        assert_eq!(
+            (s.unread, s.dropped),
+            (3, vec![1_700_000_000_000, 1_700_000_000_000])
+        );
         let c = Changed::from_reply((1, 0, vec!["5".into()]));
         assert_eq!((c.changed, c.unread, c.removed), (1, 0, vec![5]));
     }

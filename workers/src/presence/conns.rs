@@ -83,7 +83,10 @@ impl Presence {
         mark_gone(&mut redis::pipe(), &c.gw, c.conn)
             .hdel(keys::gateway_conns(&c.gw), c.conn)
             .ignore()
-            .srem(AppKeys::new(&c.tenant).conns, ConnMember::new(&c.gw, c.conn).to_string())
+            .srem(
+                AppKeys::new(&c.tenant).conns,
+                ConnMember::new(&c.gw, c.conn).to_string(),
+            )
             .ignore()
             .query_async::<()>(&mut r)
             .await

@@ -64,7 +64,9 @@ impl Rooms {
         let mut r = self.conn().await?;
         let user = match &entry.creator {
             Some(u) => {
-                let max = self.quotas.limit(tenant.as_str(), Quota::RoomsCreatedPerUser);
+                let max = self
+                    .quotas
+                    .limit(tenant.as_str(), Quota::RoomsCreatedPerUser);
                 let key = UserKeys::new(tenant, u).rooms_created;
                 if max > 0 {
                     self.reserve_or_check(&mut r, tenant, &key, &member, check_at, max)
@@ -246,7 +248,9 @@ impl Rooms {
         conn_rooms: &str,
         room: &str,
     ) -> Result<bool, ServiceError> {
-        let max = self.quotas.limit(tenant.as_str(), Quota::RoomsPerConnection);
+        let max = self
+            .quotas
+            .limit(tenant.as_str(), Quota::RoomsPerConnection);
         match scripts::conn_room(r, conn_rooms, room, max).await? {
             scripts::ConnRoom::Already => Ok(false),
             scripts::ConnRoom::Added => Ok(true),
@@ -309,12 +313,21 @@ mod tests {
     fn a_counted_room_exists_while_its_meta_says_so() {
         let r = RoomId::parse("r").unwrap_or_else(|e| panic!("{e}"));
         let e = entry(&r, 1_000, None);
-        assert_eq!(Existence::of(&e, Some(1_000), -1, 99_000), Existence::Exists);
-        assert_eq!(Existence::of(&e, Some(1_000), 500, 99_000), Existence::Exists);
+        assert_eq!(
+            Existence::of(&e, Some(1_000), -1, 99_000),
+            Existence::Exists
+        );
+        assert_eq!(
+            Existence::of(&e, Some(1_000), 500, 99_000),
+            Existence::Exists
+        );
         // Another room by the same id, created later: this one is gone.
         assert_eq!(Existence::of(&e, Some(2_000), -1, 99_000), Existence::Gone);
         assert_eq!(Existence::of(&e, None, -2, 99_000), Existence::Gone);
         // Not created yet, or its create is still on the way.
-        assert_eq!(Existence::of(&e, None, -2, 1_000 + GRACE_MS - 1), Existence::NotYet);
+        assert_eq!(
+            Existence::of(&e, None, -2, 1_000 + GRACE_MS - 1),
+            Existence::NotYet
+        );
     }
 }
