@@ -227,14 +227,31 @@ impl Rooms {
             .arg(keys::QUOTA_ROOM_APPS)
             .query_async(&mut r)
             .await?;
+        let apps: Vec<TenantId> = apps
+            .iter()
+            .filter_map(|a| {
+                let t = TenantId::parse(a).ok();
+                if t.is_none() {
+                    tracing::warn!(app = %a, "skipping a malformed app of the room quotas");
+                }
+                t
+            })
+            .collect();
         let now = now_ms();
-        for app in apps {
-            let Ok(tenant) = TenantId::parse(&app) else {
-                tracing::warn!(app = %app, "skipping a malformed app of the room quotas");
-                continue;
-            };
-            self.check_due(&mut r, &tenant, &AppKeys::new(&tenant).rooms, now)
-                .await?;
+        // One round trip tells which apps have anything due.
+        for batch in apps.chunks(CHECK_BATCH) {
+            let mut any = redis::pipe();
+            for t in batch {
+                any.zcount(AppKeys::new(t).rooms, "-inf", now);
+            }
+            let due: Vec<u64> = any.query_async(&mut r).await?;
+            for (t, n) in batch.iter().zip(due) {
+                if n > 0 {
+                    self.check_due(&mut r, t, &AppKeys::new(t).rooms, now)
+                        .await
+                        .log_failure("checking an app's counted rooms");
+                }
+            }
         }
         Ok(())
     }
