@@ -2,8 +2,10 @@
 //! join, leave, and what anyone allowed to read it may ask (members, info).
 //!
 //! A room nobody has joined, or that its last member left, expires after
-//! `idle_ttl_secs` (the scripts set and clear the expiry). A join is
-//! registered in the connection's room set first and checks the
+//! `idle_ttl_secs` (the scripts set and clear the expiry). A create is
+//! counted against the room quotas first (`quota`). A join is registered in
+//! the connection's room set first (the check-and-add of the connection's
+//! room quota; a refused join takes it out again) and checks the
 //! connection-gone marker after, undoing itself when the disconnect was
 //! processed meanwhile (see `service::conns`).
 
