@@ -208,6 +208,12 @@ async fn room_creation_per_user_holds_exactly_across_two_gateways_and_two_replic
     let all: Vec<&Value> = r1.iter().chain(&r2).collect();
     let made: Vec<&Value> = all.iter().copied().filter(|r| r["ok"] == true).collect();
     assert_eq!(made.len(), 5, "exactly the quota: {all:?}");
+    for replies in [&r1, &r2] {
+        assert!(
+            replies.iter().any(|r| r["ok"] == false),
+            "refused on both gateways: {replies:?}"
+        );
+    }
     for r in all.iter().filter(|r| r["ok"] != true) {
         assert_eq!(
             (
