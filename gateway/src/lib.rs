@@ -144,6 +144,7 @@ pub async fn serve(
         feeds,
         timeouts: Timeouts::default(),
         limits: Arc::new(limits::Limits::new(cfg_limits)),
+        app_conns: server::AppConns::default(),
         draining: AtomicBool::new(false),
         started: Instant::now(),
         shutdown: shutdown.clone(),

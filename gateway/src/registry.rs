@@ -1,10 +1,12 @@
 //! Per-connection state shared between a socket's tasks, the NATS router and
 //! the room feeds, and the registry that maps connection ids to it.
 //!
-//! Invariant: a frame that does not fit in a connection's bounded outbound
+//! Invariants: a frame that does not fit in a connection's bounded outbound
 //! queue ([`crate::outbox`]) marks the client as a slow reader and ends the
 //! connection (1008), so a client that stops reading can never grow the
-//! gateway's memory.
+//! gateway's memory. The per-connection quotas this gateway enforces
+//! (presence subscriptions, signal rooms: `switchboard_shared::quotas`) are
+//! counted here, so what one connection holds is bounded too.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +56,12 @@ pub struct ConnHandle {
     pub last_seen: AtomicU64,
     /// Requests refused by a rate limit lately (sustained abuse closes).
     pub strikes: crate::limits::Strikes,
+    /// Presence feeds this connection follows (`LATEST` subjects), for the
+    /// `presence_subscriptions_per_connection` quota.
+    watching: Mutex<HashSet<String>>,
+    /// Room → when this connection last signalled there (typing, cursor;
+    /// ms), for the `signal_rooms_per_connection` quota.
+    signals: Mutex<HashMap<String, u64>>,
 }
 
 impl ConnHandle {
@@ -76,7 +84,60 @@ impl ConnHandle {
             feeds: Mutex::new(HashSet::new()),
             last_seen: AtomicU64::new(0),
             strikes: crate::limits::Strikes::default(),
+            watching: Mutex::new(HashSet::new()),
+            signals: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Counts presence feeds about to be attached; false (nothing counted)
+    /// when the connection would follow more than `max` (0: no limit).
+    pub fn watch<'a>(&self, subjects: impl IntoIterator<Item = &'a str>, max: u64) -> bool {
+        if max == 0 {
+            return true;
+        }
+        let Ok(mut w) = self.watching.lock() else {
+            return false;
+        };
+        let new: HashSet<&str> = subjects.into_iter().filter(|s| !w.contains(*s)).collect();
+        if (w.len() + new.len()) as u64 > max {
+            return false;
+        }
+        w.extend(new.into_iter().map(str::to_owned));
+        true
+    }
+
+    /// A feed was detached: it no longer counts.
+    pub fn unwatch(&self, subject: &str) {
+        if let Ok(mut w) = self.watching.lock() {
+            w.remove(subject);
+        }
+    }
+
+    /// Records a typing indicator or cursor in `room` at `now_ms` (`active`
+    /// false: a typing indicator ends there). False when that would make
+    /// more than `max` rooms (0: no limit) with a signal in the last
+    /// `window_ms`; nothing is recorded then.
+    pub fn signal(&self, room: &str, active: bool, now_ms: u64, window_ms: u64, max: u64) -> bool {
+        if max == 0 {
+            return true;
+        }
+        let Ok(mut m) = self.signals.lock() else {
+            return false;
+        };
+        m.retain(|_, at| at.saturating_add(window_ms) > now_ms);
+        if !active {
+            m.remove(room);
+            return true;
+        }
+        if let Some(at) = m.get_mut(room) {
+            *at = now_ms;
+            return true;
+        }
+        if m.len() as u64 >= max {
+            return false;
+        }
+        m.insert(room.to_owned(), now_ms);
+        true
     }
 
     /// Queues a frame. A full queue means a slow reader: the connection is
@@ -226,6 +287,34 @@ mod tests {
         let t = TenantId::parse("t").unwrap_or_else(|e| panic!("{e}"));
         let u = UserId::parse("u").unwrap_or_else(|e| panic!("{e}"));
         ConnHandle::new(1, t, u, vec![], queue)
+    }
+
+    #[test]
+    fn presence_feeds_count_once_and_stop_at_the_quota() {
+        let h = handle(4);
+        assert!(h.watch(["a", "b", "a"], 3));
+        assert!(h.watch(["a", "b", "c"], 3), "known feeds count once");
+        assert!(!h.watch(["d"], 3));
+        assert!(!h.watch(["c", "d", "e"], 3), "refused whole");
+        h.unwatch("a");
+        assert!(h.watch(["d"], 3));
+        assert!(h.watch(["x", "y", "z", "w"], 0), "0: no limit");
+    }
+
+    #[test]
+    fn signal_rooms_count_within_the_window() {
+        let h = handle(4);
+        assert!(h.signal("r1", true, 0, 100, 2));
+        assert!(h.signal("r2", true, 10, 100, 2));
+        assert!(h.signal("r1", true, 20, 100, 2), "a known room");
+        assert!(!h.signal("r3", true, 30, 100, 2));
+        assert!(
+            h.signal("r2", false, 40, 100, 2),
+            "ending is always allowed"
+        );
+        assert!(h.signal("r3", true, 50, 100, 2), "r2 ended");
+        assert!(!h.signal("r4", true, 60, 100, 2));
+        assert!(h.signal("r4", true, 121, 100, 2), "r1 went quiet at 120");
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //!   reply subject `sb.gw.<gateway>.c.<conn>.<req>` and a fresh `traceparent`);
 //! - the worker's reply turned into the client's frame, with its feed
 //!   `detach` (before) and `attach` (after) directives;
+//! - the per-connection quotas the gateway enforces: signal rooms (checked
+//!   before a typing or cursor request is sent) and presence subscriptions
+//!   (checked before a reply's `LATEST` feeds are attached: a reply that
+//!   would pass the quota becomes `limit_exceeded`, and nothing attaches);
 //! - the gateway-wide deadline queue and the sweeper that answers `timeout`
 //!   for requests no worker answered.
 //!
@@ -17,8 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use switchboard_proto::bus::{ConnRef, Interest, Reply, Request};
-use switchboard_shared::error::ErrorCode;
+use switchboard_proto::bus::{ConnRef, FeedMode, Interest, Reply, Request};
+use switchboard_shared::error::{ClientError, ErrorCode};
+use switchboard_shared::quotas::{self, Quota};
 use switchboard_shared::{Shutdown, bus, subjects};
 use tokio::time::Instant;
 
@@ -159,6 +164,21 @@ pub async fn forward(state: &State, h: &ConnHandle, req: ClientRequest<'_>) -> b
             return false;
         }
     }
+    if let Some(touch) = quotas::signal_touch(req.service, req.op, req.data) {
+        let max = state
+            .cfg
+            .quotas
+            .limit(h.tenant.as_str(), Quota::SignalRoomsPerConnection);
+        let window = state.cfg.rooms.typing_ttl_ms;
+        if !h.signal(&touch.room, touch.active, now, window, max) {
+            let e = ClientError::limit_exceeded(
+                Quota::SignalRoomsPerConnection,
+                max,
+                "this connection signals in too many rooms at once",
+            );
+            return h.send_text(error_object_frame(req.id.get(), &e.to_json()));
+        }
+    }
     if !state.bus_up() {
         return h.send_text(error_frame(
             Some(req.id.get()),
@@ -287,15 +307,61 @@ fn answer(state: &State, h: &ConnHandle, id: &str, msg: &async_nats::Message) ->
                 "request failed".to_owned(),
             )
         });
-        h.send_text(error_frame(Some(id), &code, &message));
+        h.send_text(worker_error_frame(id, &code, &message, &reply.data));
         return Vec::new();
     }
     // Detach before the reply: nothing arrives after a leave's reply.
     for subject in &reply.detach {
         state.feeds.detach(h, subject);
+        h.unwatch(subject);
+    }
+    let presence = reply
+        .attach
+        .iter()
+        .filter(|i| i.mode() == FeedMode::Latest)
+        .map(|i| i.subject.as_str());
+    let max = state
+        .cfg
+        .quotas
+        .limit(h.tenant.as_str(), Quota::PresenceSubscriptionsPerConnection);
+    if !h.watch(presence, max) {
+        let e = ClientError::limit_exceeded(
+            Quota::PresenceSubscriptionsPerConnection,
+            max,
+            "this connection follows too many users' presence",
+        );
+        h.send_text(error_object_frame(id, &e.to_json()));
+        return Vec::new();
     }
     h.send_text(ok_frame(id, &reply.data));
     reply.attach
+}
+
+/// `{"id":<id>,"ok":false,"error":<error>}`: an error object with fields
+/// beyond `code` and `message` (the quota of `limit_exceeded`).
+fn error_object_frame(id: &str, error: &serde_json::Value) -> Bytes {
+    let mut f = Vec::with_capacity(160);
+    f.extend_from_slice(b"{\"id\":");
+    f.extend_from_slice(id.as_bytes());
+    f.extend_from_slice(b",\"ok\":false,\"error\":");
+    f.extend_from_slice(error.to_string().as_bytes());
+    f.push(b'}');
+    Bytes::from(f)
+}
+
+/// A worker's refusal. Its reply's `data` may hold a JSON object of the
+/// error's extra fields (`limit` and `value` of `limit_exceeded`): they join
+/// `code` and `message`, which they cannot replace.
+fn worker_error_frame(id: &str, code: &str, message: &str, extra: &[u8]) -> Bytes {
+    let extra = (!extra.is_empty())
+        .then(|| serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(extra).ok())
+        .flatten();
+    let Some(mut error) = extra else {
+        return error_frame(Some(id), code, message);
+    };
+    error.insert("code".into(), code.into());
+    error.insert("message".into(), message.into());
+    error_object_frame(id, &serde_json::Value::Object(error))
 }
 
 /// Answers requests whose deadline passed with a `timeout` error, until
@@ -326,6 +392,29 @@ pub async fn sweep_timeouts(state: Arc<State>, stop: Shutdown) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_workers_extra_error_fields_join_the_error_object() {
+        let f = worker_error_frame(
+            "7",
+            "limit_exceeded",
+            "too many",
+            br#"{"limit":"rooms_per_connection","value":20,"code":"x"}"#,
+        );
+        let v: serde_json::Value = serde_json::from_slice(&f).unwrap_or_default();
+        assert_eq!(
+            v,
+            serde_json::json!({"id": 7, "ok": false, "error": {"code": "limit_exceeded",
+                "message": "too many", "limit": "rooms_per_connection", "value": 20}})
+        );
+        let plain: serde_json::Value =
+            serde_json::from_slice(&worker_error_frame("7", "not_found", "no", b""))
+                .unwrap_or_default();
+        assert_eq!(
+            plain["error"],
+            serde_json::json!({"code": "not_found", "message": "no"})
+        );
+    }
 
     #[test]
     fn inflight_is_bounded_and_answered_once() {

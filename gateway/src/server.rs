@@ -1,12 +1,17 @@
 //! The HTTP side: the accept loop with admission control, and the routes
 //! `/ws` (WebSocket upgrade), `/healthz` (alive) and `/readyz` (NATS connected,
 //! Redis answering and not draining: see `health`).
+//!
+//! Admission of an upgrade, in order: draining, the bus, per-address limits,
+//! the handshake (origin, subprotocol, token), the app's connection quota
+//! ([`AppConns`]), `gateway.max_connections`.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -16,6 +21,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use switchboard_shared::error::ClientError;
+use switchboard_shared::ids::TenantId;
+use switchboard_shared::quotas::{self, Quota};
 use tokio::net::TcpListener;
 
 use crate::State;
@@ -96,7 +104,7 @@ async fn route(
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
-        (&Method::GET, "/ws") => upgrade(state, ip, req),
+        (&Method::GET, "/ws") => upgrade(state, ip, req).await,
         (_, "/ws" | "/healthz" | "/readyz") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
@@ -104,7 +112,7 @@ async fn route(
     })
 }
 
-fn upgrade(state: Arc<State>, ip: IpAddr, mut req: Request<Incoming>) -> Response<Body> {
+async fn upgrade(state: Arc<State>, ip: IpAddr, mut req: Request<Incoming>) -> Response<Body> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return text(StatusCode::UPGRADE_REQUIRED, "WebSocket upgrade required\n");
     }
@@ -153,6 +161,16 @@ fn upgrade(state: Arc<State>, ip: IpAddr, mut req: Request<Incoming>) -> Respons
             return json(rej.status, rej.body());
         }
     };
+    if let Err(max) = admit_app(&state, &accepted.identity.tenant).await {
+        let e = ClientError::limit_exceeded(
+            Quota::ConnectionsPerApp,
+            max,
+            "this app has too many connections open",
+        );
+        tracing::debug!(app = %accepted.identity.tenant, max, "upgrade refused: app at its connection quota");
+        let body = serde_json::json!({"error": e.to_json()});
+        return json(StatusCode::TOO_MANY_REQUESTS, body.to_string());
+    }
     let Ok(permit) = state.conn_limit.clone().try_acquire_owned() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
     };
@@ -181,4 +199,154 @@ fn upgrade(state: Arc<State>, ip: IpAddr, mut req: Request<Incoming>) -> Respons
         );
     }
     Response::from_parts(parts, Full::new(Bytes::new()))
+}
+
+/// How fresh an app's connection count must be to decide on it.
+const COUNT_FRESH: Duration = Duration::from_secs(1);
+/// Longest wait for a count at the handshake; past it the app is admitted.
+const COUNT_READ_TIMEOUT: Duration = Duration::from_millis(250);
+/// Apps remembered beyond which old counts are forgotten.
+const COUNT_APPS: usize = 10_000;
+
+/// Each app's open connections across the cluster (the `connections_per_app`
+/// quota), as last read from Redis (the presence service keeps the count),
+/// plus the connections this gateway admitted since: the count decides for
+/// at most [`COUNT_FRESH`], and only one handshake per app reads it again
+/// while the others decide on the previous reading.
+#[derive(Debug, Default)]
+pub struct AppConns {
+    seen: Mutex<HashMap<TenantId, Seen>>,
+}
+
+#[derive(Debug)]
+struct Seen {
+    count: u64,
+    read_at: Instant,
+    admitted: u64,
+    reading: bool,
+}
+
+/// What [`AppConns::check`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    Admit,
+    Refuse,
+    /// No fresh count: the caller reads it, then [`AppConns::read`]s.
+    Read,
+}
+
+impl AppConns {
+    fn check(&self, app: &TenantId, max: u64, now: Instant) -> Admission {
+        let Ok(mut seen) = self.seen.lock() else {
+            return Admission::Admit;
+        };
+        let Some(s) = seen.get_mut(app) else {
+            return Admission::Read;
+        };
+        if now.duration_since(s.read_at) >= COUNT_FRESH && !s.reading {
+            s.reading = true;
+            return Admission::Read;
+        }
+        if s.count.saturating_add(s.admitted) >= max {
+            return Admission::Refuse;
+        }
+        s.admitted += 1;
+        Admission::Admit
+    }
+
+    /// Stores a count read at `at` (`None`: the read failed).
+    fn read(&self, app: &TenantId, count: Option<u64>, at: Instant) {
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        let Some(count) = count else {
+            if let Some(s) = seen.get_mut(app) {
+                s.reading = false;
+            }
+            return;
+        };
+        if seen.len() >= COUNT_APPS {
+            seen.retain(|_, s| at.duration_since(s.read_at) < COUNT_FRESH * 60);
+        }
+        seen.insert(
+            app.clone(),
+            Seen {
+                count,
+                read_at: at,
+                admitted: 0,
+                reading: false,
+            },
+        );
+    }
+}
+
+/// Whether one more connection of `app` fits its `connections_per_app`
+/// quota; `Err(quota)` when not. When the count cannot be read (Redis down
+/// or slow) the connection is admitted: the quota fails open.
+async fn admit_app(state: &State, app: &TenantId) -> Result<(), u64> {
+    let max = state
+        .cfg
+        .quotas
+        .limit(app.as_str(), Quota::ConnectionsPerApp);
+    if max == 0 {
+        return Ok(());
+    }
+    let now = Instant::now();
+    match state.app_conns.check(app, max, now) {
+        Admission::Admit => return Ok(()),
+        Admission::Refuse => return Err(max),
+        Admission::Read => {}
+    }
+    let count = if state.redis_up.load(Ordering::Relaxed) {
+        let read = async {
+            let mut r = state.redis.get().await.ok()?;
+            quotas::app_connections(&mut r, app).await.ok()
+        };
+        tokio::time::timeout(COUNT_READ_TIMEOUT, read)
+            .await
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
+    state.app_conns.read(app, count, now);
+    if count.is_none() {
+        tracing::debug!(%app, "app connection count unreadable: admitting");
+        return Ok(());
+    }
+    match state.app_conns.check(app, max, now) {
+        Admission::Refuse => Err(max),
+        Admission::Admit | Admission::Read => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_count_and_local_admissions_decide_then_one_caller_reads_again() {
+        let c = AppConns::default();
+        let app = TenantId::parse("a").unwrap_or_else(|e| panic!("{e}"));
+        let t0 = Instant::now();
+        assert_eq!(c.check(&app, 3, t0), Admission::Read);
+        c.read(&app, Some(1), t0);
+        assert_eq!(c.check(&app, 3, t0), Admission::Admit);
+        assert_eq!(c.check(&app, 3, t0), Admission::Admit);
+        assert_eq!(c.check(&app, 3, t0), Admission::Refuse, "1 + 2 admitted");
+        let later = t0 + COUNT_FRESH;
+        assert_eq!(c.check(&app, 3, later), Admission::Read);
+        assert_eq!(
+            c.check(&app, 3, later),
+            Admission::Refuse,
+            "others decide on the old count meanwhile"
+        );
+        c.read(&app, Some(0), later);
+        assert_eq!(c.check(&app, 3, later), Admission::Admit);
+        // A failed read lets the next caller try again.
+        let much_later = later + COUNT_FRESH;
+        assert_eq!(c.check(&app, 3, much_later), Admission::Read);
+        c.read(&app, None, much_later);
+        assert_eq!(c.check(&app, 3, much_later), Admission::Read);
+    }
 }

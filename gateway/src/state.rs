@@ -33,6 +33,8 @@ pub struct State {
     pub timeouts: Timeouts,
     /// Request rate limits (per user and op).
     pub limits: Arc<crate::limits::Limits>,
+    /// Each app's connection count, for the `connections_per_app` quota.
+    pub app_conns: crate::server::AppConns,
     pub conn_limit: Arc<Semaphore>,
     pub draining: AtomicBool,
     pub started: Instant,

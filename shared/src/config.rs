@@ -34,6 +34,7 @@ pub struct Config {
     pub signaling: SignalingConfig,
     pub matchmaking: MatchmakingConfig,
     pub limits: crate::limits::LimitsConfig,
+    pub quotas: crate::quotas::QuotasConfig,
     pub log: LogConfig,
 }
 
@@ -400,6 +401,9 @@ impl Config {
                 key,
                 message: why.into(),
             });
+        }
+        if let Some((key, message)) = self.quotas.invalid() {
+            return Err(ConfigError::InvalidSetting { key, message });
         }
         if self.auth.algorithms.is_empty() {
             return invalid(

@@ -38,12 +38,15 @@ pub enum ErrorCode {
     RateLimited,
     /// A dependency (the bus, the store) is down: try again shortly.
     Unavailable,
+    /// A quota on what the cluster holds was reached; the error names it
+    /// (`limit`) and its value (`value`). See `crate::quotas`.
+    LimitExceeded,
     /// Something failed on our side.
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         Self::BadRequest,
         Self::UnknownOp,
         Self::InvalidId,
@@ -59,6 +62,7 @@ impl ErrorCode {
         Self::Conflict,
         Self::RateLimited,
         Self::Unavailable,
+        Self::LimitExceeded,
         Self::Internal,
     ];
 
@@ -79,6 +83,7 @@ impl ErrorCode {
             Self::Conflict => "conflict",
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
+            Self::LimitExceeded => "limit_exceeded",
             Self::Internal => "internal",
         }
     }
@@ -94,12 +99,41 @@ impl fmt::Display for ErrorCode {
     }
 }
 
-/// An error to report to a client: a code and a human message.
+/// The quota a `limit_exceeded` error names: sent to clients as the
+/// error's `limit` and `value` fields, beside `code` and `message` (as
+/// `rate_limited` carries `retry_after_ms`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exceeded {
+    /// The quota's name (`crate::quotas::Quota::name`).
+    pub limit: String,
+    /// Its value for this app.
+    pub value: u64,
+}
+
+impl Exceeded {
+    /// `{"limit": .., "value": ..}`: the fields added to the error object.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"limit": self.limit, "value": self.value})
+    }
+
+    /// Reads what [`Exceeded::to_json`] wrote.
+    pub fn from_json(v: &serde_json::Value) -> Option<Self> {
+        Some(Self {
+            limit: v.get("limit")?.as_str()?.to_owned(),
+            value: v.get("value")?.as_u64()?,
+        })
+    }
+}
+
+/// An error to report to a client: a code and a human message (and, for
+/// `limit_exceeded`, the quota).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ClientError {
     pub code: ErrorCode,
     pub message: String,
+    /// Set exactly when `code` is `limit_exceeded`.
+    pub exceeded: Option<Exceeded>,
 }
 
 impl ClientError {
@@ -107,7 +141,31 @@ impl ClientError {
         Self {
             code,
             message: message.into(),
+            exceeded: None,
         }
+    }
+
+    /// `limit_exceeded` for quota `q`, whose value is `value`.
+    pub fn limit_exceeded(q: crate::quotas::Quota, value: u64, what: &str) -> Self {
+        Self {
+            code: ErrorCode::LimitExceeded,
+            message: format!("{what}: the {} quota is {value}", q.name()),
+            exceeded: Some(Exceeded {
+                limit: q.name().to_owned(),
+                value,
+            }),
+        }
+    }
+
+    /// The error object clients see: `{"code", "message"}` plus the
+    /// quota's fields for `limit_exceeded`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({"code": self.code.as_str(), "message": self.message});
+        if let (Some(e), Some(obj)) = (&self.exceeded, v.as_object_mut()) {
+            obj.insert("limit".into(), e.limit.clone().into());
+            obj.insert("value".into(), e.value.into());
+        }
+        v
     }
 }
 
@@ -129,5 +187,25 @@ mod tests {
             assert!(seen.insert(c.as_str()));
         }
         assert_eq!(ErrorCode::parse("nope"), None);
+    }
+
+    #[test]
+    fn limit_exceeded_names_its_quota() {
+        let e = ClientError::limit_exceeded(
+            crate::quotas::Quota::RoomsPerConnection,
+            20,
+            "too many rooms",
+        );
+        assert_eq!(
+            e.to_json(),
+            serde_json::json!({"code": "limit_exceeded", "message": e.message,
+                "limit": "rooms_per_connection", "value": 20})
+        );
+        let x = e.exceeded.clone().unwrap_or_else(|| panic!("no quota"));
+        assert_eq!(Exceeded::from_json(&x.to_json()), Some(x));
+        assert_eq!(
+            ClientError::new(ErrorCode::NotFound, "x").to_json(),
+            serde_json::json!({"code": "not_found", "message": "x"})
+        );
     }
 }

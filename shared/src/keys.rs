@@ -90,6 +90,10 @@ pub struct UserKeys {
     pub notif_expiry: String,
     /// Set of unread notification ids.
     pub notif_unread: String,
+    /// Sorted set: the rooms this user created that may still exist
+    /// ([`crate::members::CreatedRoom`]), by when to check next (ms): the
+    /// `rooms_created_per_user` quota.
+    pub rooms_created: String,
 }
 
 impl UserKeys {
@@ -104,9 +108,46 @@ impl UserKeys {
             notif_order: format!("{tag}:norder"),
             notif_expiry: format!("{tag}:nexpiry"),
             notif_unread: format!("{tag}:nunread"),
+            rooms_created: format!("{tag}:created"),
         }
     }
 }
+
+/// Keys of one app's quota counts, under the hash tag `{app:<t>}`
+/// (`switchboard_shared::quotas`).
+#[derive(Debug, Clone)]
+pub struct AppKeys {
+    /// Sorted set: the app's rooms that may still exist
+    /// ([`crate::members::CreatedRoom`]), by when to check next (ms).
+    pub rooms: String,
+    /// Set: `<gateway>:<conn>` of the app's open connections (kept by the
+    /// presence service).
+    pub conns: String,
+    /// Sorted set: expiry bucket (minute number) → the bucket's end (ms).
+    pub notif_buckets: String,
+    /// Hash: expiry bucket → notifications stored that expire in it; and
+    /// [`AppKeys::NOTIF_TOTAL`], their sum over the buckets not yet over.
+    pub notif_counts: String,
+}
+
+impl AppKeys {
+    /// The field of `notif_counts` holding the total.
+    pub const NOTIF_TOTAL: &'static str = "total";
+
+    pub fn new(tenant: &TenantId) -> Self {
+        let tag = format!("sb:{{app:{tenant}}}");
+        Self {
+            rooms: format!("{tag}:rooms"),
+            conns: format!("{tag}:conns"),
+            notif_buckets: format!("{tag}:nbuckets"),
+            notif_counts: format!("{tag}:ncounts"),
+        }
+    }
+}
+
+/// Set of app ids whose live rooms are counted (`AppKeys::rooms`), for the
+/// rooms service's sweep of rooms that expired.
+pub const QUOTA_ROOM_APPS: &str = "sb:quota:room_apps";
 
 /// Sorted set: gateway id → last heartbeat (ms). Watched by the presence
 /// service to notice dead gateways.
@@ -289,6 +330,7 @@ mod tests {
             &uk.notif_order,
             &uk.notif_expiry,
             &uk.notif_unread,
+            &uk.rooms_created,
             &user_call(&t, &u),
             &user_calls(&t, &u),
         ];
@@ -301,6 +343,10 @@ mod tests {
         }
         for key in [conn_rooms(&g, 9), conn_gone(&g, 9), conn_call(&g, 9)] {
             assert_eq!(hash_tag(&key), "{conn:gw-1:9}", "{key}");
+        }
+        let ak = AppKeys::new(&t);
+        for key in [&ak.rooms, &ak.conns, &ak.notif_buckets, &ak.notif_counts] {
+            assert_eq!(hash_tag(key), "{app:app}", "{key}");
         }
         let c = CallId::parse("c1").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(hash_tag(&call(&t, &c)), "{call:app:c1}");

@@ -1,6 +1,7 @@
 //! Everything the Switchboard binaries share: configuration, authentication,
 //! id validation and the naming of NATS subjects and Redis keys, the bus
-//! wrapper, the Redis pool, telemetry and the client-facing error codes.
+//! wrapper, the Redis pool, telemetry, the client-facing error codes and
+//! the quotas.
 //!
 //! This crate depends on neither binary; both depend on it.
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@ pub mod ids;
 pub mod keys;
 pub mod limits;
 pub mod members;
+pub mod quotas;
 pub mod redis;
 pub mod subjects;
 pub mod telemetry;

@@ -14,6 +14,7 @@
 //! | [`TicketOwner`] | `<gateway>\|<conn>\|<user>` | matchmaking ticket owners |
 //! | [`ReactionField`] | `<seq>\|<emoji>\|<user>` | a room's reactions |
 //! | [`PublishedId`] | `<msg_id>\|<user>` | a room's recent client message ids |
+//! | [`CreatedRoom`] | `<created_at>\|<room>\|<creator>` | rooms counted by quotas |
 //!
 //! Tenant, room and gateway ids never contain `|` or `:` (see [`crate::ids`]);
 //! a user id may, so it always comes last and is split off whole.
@@ -326,6 +327,39 @@ impl fmt::Display for PublishedId {
     }
 }
 
+/// A room as the room quotas count it: `<created_at>|<room>|<creator>`
+/// (`creator` empty for rooms another service made). The creation time
+/// tells this room from a later one with the same id: the entry stands for
+/// a room that exists exactly while the room's meta has this `created_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedRoom {
+    pub created_at: u64,
+    pub room: RoomId,
+    /// The user whose `rooms_created_per_user` quota it counts against.
+    pub creator: Option<UserId>,
+}
+
+impl CreatedRoom {
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.splitn(3, '|');
+        Some(Self {
+            created_at: parts.next()?.parse().ok()?,
+            room: RoomId::parse(parts.next()?).ok()?,
+            creator: match parts.next()? {
+                "" => None,
+                u => Some(UserId::parse(u).ok()?),
+            },
+        })
+    }
+}
+
+impl fmt::Display for CreatedRoom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let creator = self.creator.as_ref().map_or("", UserId::as_str);
+        write!(f, "{}|{}|{}", self.created_at, self.room, creator)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,7 +416,7 @@ mod tests {
         let rf = ReactionField {
             seq: 3,
             emoji: "thumbs_up".into(),
-            user: u,
+            user: u.clone(),
         };
         assert_eq!(ReactionField::parse(&rf.to_string()), Some(rf));
         let pi = PublishedId {
@@ -391,6 +425,14 @@ mod tests {
         };
         assert_eq!(pi.to_string(), "c-1:x.y_Z|a|b:c@example.com");
         assert_eq!(PublishedId::parse(&pi.to_string()), Some(pi));
+        for creator in [Some(u.clone()), None] {
+            let cr = CreatedRoom {
+                created_at: 1_795_474_419_095,
+                room: r.clone(),
+                creator,
+            };
+            assert_eq!(CreatedRoom::parse(&cr.to_string()), Some(cr));
+        }
     }
 
     #[test]
@@ -447,6 +489,9 @@ mod tests {
         }
         for bad in ["m", "m|", "|u", "m x|u", "m|a b"] {
             assert_eq!(PublishedId::parse(bad), None, "{bad:?}");
+        }
+        for bad in ["1|r", "x|r|", "1|r.x|", "1|r|a b", "-1|r|u"] {
+            assert_eq!(CreatedRoom::parse(bad), None, "{bad:?}");
         }
     }
 }

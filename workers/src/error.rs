@@ -51,6 +51,11 @@ impl ServiceError {
         Self::Client(ClientError::new(code, message))
     }
 
+    /// `limit_exceeded`: quota `q`, whose value is `value`, is reached.
+    pub fn limit(q: switchboard_shared::quotas::Quota, value: u64, what: &str) -> Self {
+        Self::Client(ClientError::limit_exceeded(q, value, what))
+    }
+
     /// `bad_request` with `message`.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::client(ErrorCode::BadRequest, message)

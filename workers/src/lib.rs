@@ -89,13 +89,15 @@ pub async fn start(
     for s in services {
         match s.as_str() {
             "rooms" => {
-                let svc = Arc::new(rooms::Rooms::new(
-                    nats.clone(),
-                    pool.clone(),
-                    cfg.rooms.clone(),
-                ));
+                let svc = Arc::new(
+                    rooms::Rooms::new(nats.clone(), pool.clone(), cfg.rooms.clone())
+                        .with_quotas(cfg.quotas.clone()),
+                );
                 l.housekeeping(&svc, Duration::from_millis(500), |s| async move {
                     s.expire_typing().await
+                });
+                l.housekeeping(&svc, Duration::from_secs(1), |s| async move {
+                    s.sweep_quotas().await
                 });
                 l.serve(svc).await?;
             }
@@ -116,11 +118,14 @@ pub async fn start(
                 l.serve(svc).await?;
             }
             "notifications" => {
-                let svc = Arc::new(notifications::Notifications::new(
-                    nats.clone(),
-                    pool.clone(),
-                    cfg.notifications.clone(),
-                ));
+                let svc = Arc::new(
+                    notifications::Notifications::new(
+                        nats.clone(),
+                        pool.clone(),
+                        cfg.notifications.clone(),
+                    )
+                    .with_quotas(cfg.quotas.clone()),
+                );
                 l.serve(svc).await?;
             }
             "signaling" => {
@@ -135,11 +140,14 @@ pub async fn start(
                 l.serve(svc).await?;
             }
             "matchmaking" => {
-                let svc = Arc::new(matchmaking::Matchmaking::new(
-                    nats.clone(),
-                    pool.clone(),
-                    cfg.matchmaking.clone(),
-                ));
+                let svc = Arc::new(
+                    matchmaking::Matchmaking::new(
+                        nats.clone(),
+                        pool.clone(),
+                        cfg.matchmaking.clone(),
+                    )
+                    .with_quotas(cfg.quotas.clone()),
+                );
                 l.housekeeping(
                     &svc,
                     Duration::from_millis(cfg.matchmaking.tick_ms),

@@ -9,9 +9,10 @@
 //! `matcher` (proposing groups in memory), `scripts` (Lua, typed results).
 //!
 //! Invariants:
-//! - One ticket per user per app; joining again replaces it. A ticket leaves
-//!   the queue exactly once: matched (claimed), left, its connection gone,
-//!   or expired after `matchmaking.ticket_ttl_secs`.
+//! - One ticket per user per app; joining again replaces it. A new ticket
+//!   joins only while fewer than `quotas.waiting_tickets_per_app` wait. A
+//!   ticket leaves the queue exactly once: matched (claimed), left, its
+//!   connection gone, or expired after `matchmaking.ticket_ttl_secs`.
 //! - All of an app's queue lives under one hash tag (`keys::MatchmakingKeys`),
 //!   and every change is one Lua script, so replicas run concurrently without
 //!   locks. A matching pass loads a bounded window in one round trip,
@@ -46,6 +47,7 @@ use switchboard_proto::bus::Request;
 use switchboard_shared::config::MatchmakingConfig;
 use switchboard_shared::conn_events::ConnLifecycle;
 use switchboard_shared::error::ErrorCode;
+use switchboard_shared::quotas::QuotasConfig;
 use switchboard_shared::redis::Pool;
 
 use crate::error::{LogFailure, ServiceError};
@@ -56,6 +58,7 @@ pub struct Matchmaking {
     nats: async_nats::Client,
     pool: Pool,
     cfg: MatchmakingConfig,
+    quotas: QuotasConfig,
     /// A status round is running in the background.
     status_running: AtomicBool,
     /// When this replica last started a status round (ms).
@@ -68,14 +71,21 @@ pub struct Matchmaking {
 struct Empty {}
 
 impl Matchmaking {
+    /// The service, with the default quotas.
     pub fn new(nats: async_nats::Client, pool: Pool, cfg: MatchmakingConfig) -> Self {
         Self {
             nats,
             pool,
             cfg,
+            quotas: QuotasConfig::default(),
             status_running: AtomicBool::new(false),
             last_status_ms: AtomicU64::new(0),
         }
+    }
+
+    /// The same service with these quotas.
+    pub fn with_quotas(self, quotas: QuotasConfig) -> Self {
+        Self { quotas, ..self }
     }
 
     async fn conn(&self) -> Result<deadpool_redis::Connection, ServiceError> {

@@ -1,5 +1,6 @@
 //! Joining and leaving the queue (`matchmaking.join`, `matchmaking.leave`):
-//! a user's one ticket per app, owned by the connection that joined.
+//! a user's one ticket per app, owned by the connection that joined; a new
+//! ticket only while the app's queue is under `waiting_tickets_per_app`.
 
 use deadpool_redis::redis;
 use serde_json::json;
@@ -7,6 +8,7 @@ use switchboard_shared::error::ErrorCode;
 use switchboard_shared::keys::{MATCHMAKING_TENANTS, MatchmakingKeys};
 use switchboard_shared::members::TicketOwner;
 use switchboard_shared::now_ms;
+use switchboard_shared::quotas::Quota;
 
 use super::Matchmaking;
 use super::scripts::{self, Joined, Left};
@@ -65,7 +67,10 @@ impl Matchmaking {
         if is_gone(&mut r, &c.gw, c.conn).await? {
             return Err(connection_closed());
         }
-        let joined = Joined::from_reply(
+        let max = self
+            .quotas
+            .limit(c.tenant.as_str(), Quota::WaitingTicketsPerApp);
+        let Some(joined) = Joined::from_reply(
             scripts::JOIN
                 .key(k.all().as_slice())
                 .arg(&t.id)
@@ -74,9 +79,17 @@ impl Matchmaking {
                 .arg(&stored)
                 .arg(t.at)
                 .arg(t.exp)
+                .arg(max)
                 .invoke_async(&mut r)
                 .await?,
-        );
+        )?
+        else {
+            return Err(ServiceError::limit(
+                Quota::WaitingTicketsPerApp,
+                max,
+                "this app's matchmaking queue is full",
+            ));
+        };
         if self.undo_if_gone(&mut r, &c.tenant, &owner).await? {
             return Err(connection_closed());
         }

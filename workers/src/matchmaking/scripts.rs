@@ -23,14 +23,21 @@ use switchboard_shared::members::TicketOwner;
 
 use crate::error::ServiceError;
 
-/// ARGV: id, user, owner, ticket JSON, enqueued_at_ms, expires_at_ms.
-/// Enqueues a ticket, replacing the user's previous one, if any. Returns
-/// {rank (0-based), waiting, replaced id or ''}: see [`Joined`].
+/// ARGV: id, user, owner, ticket JSON, enqueued_at_ms, expires_at_ms,
+/// max waiting (0 = no limit). Enqueues a ticket, replacing the user's
+/// previous one, if any; a new ticket (not a replacement) only while fewer
+/// than `max` wait (the `waiting_tickets_per_app` quota). Returns
+/// {rank (0-based), waiting, replaced id or ''}, or {-1, waiting, ''} when
+/// the queue is full: see [`Joined`].
 pub static JOIN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local replaced = ''
 local old = redis.call('HGET', KEYS[4], ARGV[2])
+local max = tonumber(ARGV[7])
+if not old and max > 0 and redis.call('ZCARD', KEYS[1]) >= max then
+  return {-1, redis.call('ZCARD', KEYS[1]), ''}
+end
 if old then
   redis.call('ZREM', KEYS[1], old)
   redis.call('HDEL', KEYS[2], old)
@@ -48,7 +55,7 @@ return {redis.call('ZRANK', KEYS[1], ARGV[1]), redis.call('ZCARD', KEYS[1]), rep
     )
 });
 
-/// What [`JOIN`] did.
+/// What [`JOIN`] did when it enqueued the ticket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Joined {
     /// 0-based rank of the new ticket in the queue.
@@ -60,11 +67,18 @@ pub struct Joined {
 }
 
 impl Joined {
-    pub fn from_reply((rank, waiting, replaced): (u64, u64, String)) -> Self {
-        Self {
-            rank,
-            waiting,
-            replaced: non_empty(replaced),
+    /// `None` when the queue was full (nothing changed).
+    pub fn from_reply(
+        (rank, waiting, replaced): (i64, u64, String),
+    ) -> Result<Option<Self>, ServiceError> {
+        match rank {
+            -1 => Ok(None),
+            r if r >= 0 => Ok(Some(Self {
+                rank: r as u64,
+                waiting,
+                replaced: non_empty(replaced),
+            })),
+            other => Err(ServiceError::script("JOIN", other)),
         }
     }
 }
@@ -400,7 +414,14 @@ mod tests {
 
     #[test]
     fn replies_decode_and_shape_violations_are_script_errors() {
-        assert_eq!(Joined::from_reply((0, 1, String::new())).replaced, None);
+        let joined = Joined::from_reply((0, 1, String::new())).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(joined.map(|j| j.replaced), Some(None));
+        assert_eq!(
+            Joined::from_reply((-1, 5, String::new())).ok(),
+            Some(None),
+            "a full queue"
+        );
+        assert!(Joined::from_reply((-2, 5, String::new())).is_err());
         assert_eq!(Left::from_reply("t1".into()).ticket.as_deref(), Some("t1"));
         assert_eq!(Claim::from_reply(1).ok(), Some(Claim::Claimed));
         assert_eq!(Claim::from_reply(0).ok(), Some(Claim::Refused));

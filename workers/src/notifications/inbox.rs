@@ -153,15 +153,17 @@ impl Notifications {
             &scripts::MARK_READ
         };
         let mut r = self.conn().await?;
+        let now = now_ms();
         let done = Changed::from_reply(
             script
                 .key(scripts::keys(&k).as_slice())
-                .arg(now_ms())
+                .arg(now)
                 .arg(id)
                 .invoke_async(&mut r)
                 .await?,
         );
         drop(r);
+        self.uncount(&c.tenant, &done.removed, now).await;
         if let Which::One(id) = &which
             && done.changed == 0
         {

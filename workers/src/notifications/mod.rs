@@ -5,8 +5,8 @@
 //!
 //! Files: `send` (the backend API: validate, store, push live), `inbox`
 //! (list, unread, mark read, clear), `delivery` (live pushes, the pending
-//! list on connect), `conns` (connection events), `scripts` (Lua, typed
-//! results).
+//! list on connect), `conns` (connection events), `quota` (the app's count
+//! of stored notifications), `scripts` (Lua, typed results).
 //!
 //! Invariants:
 //! - A notification is stored for every recipient before any live push, so a
@@ -22,10 +22,13 @@
 //!   by `id`.
 //! - Per user: at most `notifications.per_user_cap`, oldest dropped first;
 //!   each expires after its `ttl_secs` (default `notifications.ttl_secs`).
+//!   Per app: at most `quotas.notifications_per_app` stored (`quota`); a
+//!   send that would pass it is refused whole, before anything is stored.
 
 mod conns;
 mod delivery;
 mod inbox;
+mod quota;
 mod scripts;
 mod send;
 
@@ -35,6 +38,7 @@ use switchboard_proto::bus::Request;
 use switchboard_shared::config::NotificationsConfig;
 use switchboard_shared::conn_events::ConnLifecycle;
 use switchboard_shared::error::ErrorCode;
+use switchboard_shared::quotas::QuotasConfig;
 use switchboard_shared::redis::Pool;
 use switchboard_shared::subjects;
 
@@ -47,11 +51,23 @@ pub struct Notifications {
     nats: async_nats::Client,
     pool: Pool,
     cfg: NotificationsConfig,
+    quotas: QuotasConfig,
 }
 
 impl Notifications {
+    /// The service, with the default quotas.
     pub fn new(nats: async_nats::Client, pool: Pool, cfg: NotificationsConfig) -> Self {
-        Self { nats, pool, cfg }
+        Self {
+            nats,
+            pool,
+            cfg,
+            quotas: QuotasConfig::default(),
+        }
+    }
+
+    /// The same service with these quotas.
+    pub fn with_quotas(self, quotas: QuotasConfig) -> Self {
+        Self { quotas, ..self }
     }
 
     async fn conn(&self) -> Result<deadpool_redis::Connection, ServiceError> {
@@ -118,8 +134,7 @@ impl Service for Notifications {
                 if !matches!(e.kind(), ErrorKind::Client(_)) {
                     tracing::error!(error = %e, kind = ?e.kind(), "notifications: send failed");
                 }
-                let e = e.to_client();
-                json!({"ok": false, "error": {"code": e.code.as_str(), "message": e.message}})
+                json!({"ok": false, "error": e.to_client().to_json()})
             }
         };
         Bytes::from(body.to_string())

@@ -1,6 +1,7 @@
-//! Sending (the backend API, `sb.api.notifications.send`): validate, store
-//! for every recipient, then push live. Storing comes first, so a crash
-//! between the two loses nothing: the device gets it on its next connect.
+//! Sending (the backend API, `sb.api.notifications.send`): validate, count
+//! against the app's quota (`quota`), store for every recipient, then push
+//! live. Storing comes first, so a crash between the two loses nothing: the
+//! device gets it on its next connect.
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -90,10 +91,14 @@ impl Notifications {
             "created_at": now, "expires_at": now + ttl * 1000,
         });
         let (users, app_wide) = self.recipients(&tenant, &req.to).await?;
+        let expires = now + ttl * 1000;
+        self.count_sent(&tenant, expires, users.len() as u64, now)
+            .await?;
 
         let stored = notification.to_string();
         let mut r = self.conn().await?;
         let mut unread_counts = Vec::with_capacity(users.len());
+        let mut dropped = Vec::new();
         for user in &users {
             let k = UserKeys::new(&tenant, user);
             let s = Stored::from_reply(
@@ -103,14 +108,16 @@ impl Notifications {
                     .arg(&id)
                     .arg(&stored)
                     .arg(now)
-                    .arg(now + ttl * 1000)
+                    .arg(expires)
                     .arg(self.cfg.per_user_cap.max(1))
                     .invoke_async(&mut r)
                     .await?,
             );
             unread_counts.push(s.unread);
+            dropped.extend(s.dropped);
         }
         drop(r);
+        self.uncount(&tenant, &dropped, now).await;
 
         if app_wide {
             let push = Push {

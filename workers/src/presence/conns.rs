@@ -9,7 +9,7 @@
 use deadpool_redis::redis;
 use switchboard_proto::bus::Push;
 use switchboard_shared::conn_events::ConnInfo;
-use switchboard_shared::keys::{self, UserKeys};
+use switchboard_shared::keys::{self, AppKeys, UserKeys};
 use switchboard_shared::limits::OverflowPolicy;
 use switchboard_shared::members::{ConnMember, TenantUser};
 use switchboard_shared::{bus, now_ms, subjects};
@@ -33,7 +33,12 @@ impl Presence {
         // this fails, the heartbeat's digest shows the difference and the
         // connection is announced again.
         let new = scripts::gateway_add(&mut r, &c.gw, c.conn, &owner).await?;
-        redis::cmd("ZADD")
+        redis::pipe()
+            // The `connections_per_app` count: a set, so a repeated or
+            // undone event never counts a connection twice.
+            .sadd(AppKeys::new(&c.tenant).conns, me.to_string())
+            .ignore()
+            .cmd("ZADD")
             .arg(keys::GATEWAYS)
             .arg("NX")
             .arg(now_ms())
@@ -77,6 +82,11 @@ impl Presence {
         let k = UserKeys::new(&c.tenant, &c.user);
         let mut r = self.conn().await?;
         mark_gone(&mut redis::pipe(), &c.gw, c.conn)
+            .srem(
+                AppKeys::new(&c.tenant).conns,
+                ConnMember::new(&c.gw, c.conn).to_string(),
+            )
+            .ignore()
             .query_async::<()>(&mut r)
             .await
             .log_failure("marking a connection gone");

@@ -2,8 +2,10 @@
 //! join, leave, and what anyone allowed to read it may ask (members, info).
 //!
 //! A room nobody has joined, or that its last member left, expires after
-//! `idle_ttl_secs` (the scripts set and clear the expiry). A join is
-//! registered in the connection's room set first and checks the
+//! `idle_ttl_secs` (the scripts set and clear the expiry). A create is
+//! counted against the room quotas first (`quota`). A join is registered in
+//! the connection's room set first (the check-and-add of the connection's
+//! room quota; a refused join takes it out again) and checks the
 //! connection-gone marker after, undoing itself when the disconnect was
 //! processed meanwhile (see `service::conns`).
 
@@ -19,7 +21,7 @@ use switchboard_shared::members::{ConnMember, TenantRoom};
 use switchboard_shared::{now_ms, subjects};
 
 use super::scripts::{self, Create, Join, Leave, NewRoom};
-use super::{Rooms, access};
+use super::{Rooms, access, quota};
 use crate::error::{LogFailure, ServiceError};
 use crate::service::conns::is_gone;
 use crate::service::{Caller, Outcome, parse};
@@ -80,14 +82,16 @@ impl Rooms {
                 "max_members is at most {cap}"
             )));
         }
-        self.create_room(&c.tenant, &room, max, req.private, &c.user)
+        self.create_room(&c.tenant, &room, max, req.private, &c.user, Some(&c.user))
             .await?;
         Ok(Outcome::json(
             &json!({"room": room.as_str(), "max_members": max, "private": req.private}),
         ))
     }
 
-    /// Creates a room (not yet joined; it expires if nobody joins).
+    /// Creates a room (not yet joined; it expires if nobody joins), counted
+    /// against the app's live rooms and, for a room a user asked for,
+    /// against that user's created rooms (`quota`).
     async fn create_room(
         &self,
         tenant: &TenantId,
@@ -95,21 +99,31 @@ impl Rooms {
         max_members: u32,
         private: bool,
         creator: &UserId,
+        counted_for: Option<&UserId>,
     ) -> Result<(), ServiceError> {
         let k = RoomKeys::new(tenant, room);
+        let now = now_ms();
+        let counted = self
+            .count_room(tenant, &quota::entry(room, now, counted_for))
+            .await?;
         let new = NewRoom {
             max_members,
             private,
             creator,
-            now_ms: now_ms(),
+            now_ms: now,
             idle_ttl_secs: self.cfg.idle_ttl_secs.max(1),
         };
+        // A failed call may still have created the room: its count stays,
+        // to be checked after `quota::GRACE_MS` like any other.
         match scripts::create(&mut self.conn().await?, &k, new).await? {
             Create::Created => Ok(()),
-            Create::Exists => Err(ServiceError::client(
-                ErrorCode::AlreadyExists,
-                format!("room {room} exists"),
-            )),
+            Create::Exists => {
+                self.uncount_room(counted).await;
+                Err(ServiceError::client(
+                    ErrorCode::AlreadyExists,
+                    format!("room {room} exists"),
+                ))
+            }
         }
     }
 
@@ -133,7 +147,7 @@ impl Rooms {
         };
         // At most MAX_CREATE_FOR_MEMBERS, so the count fits.
         let max = body.max_members.unwrap_or(members.len() as u32);
-        self.create_room(&tenant, &room, max, true, &members[0])
+        self.create_room(&tenant, &room, max, true, &members[0], None)
             .await?;
         let k = RoomKeys::new(&tenant, &room);
         let mut pipe = redis::pipe();
@@ -151,37 +165,45 @@ impl Rooms {
         let k = RoomKeys::new(&c.tenant, &room);
         let granted = Identity::may_access(&c.grants, room.as_str());
         let mut r = self.conn().await?;
-        let () = redis::cmd("SADD")
-            .arg(keys::conn_rooms(&c.gw, c.conn))
-            .arg(TenantRoom::new(&c.tenant, &room).to_string())
-            .query_async(&mut r)
+        let conn_rooms = keys::conn_rooms(&c.gw, c.conn);
+        let entry = TenantRoom::new(&c.tenant, &room).to_string();
+        let counted = self
+            .count_join(&mut r, &c.tenant, &conn_rooms, &entry)
             .await?;
-        let (seq, members, new_user) =
-            match scripts::join(&mut r, &k, &c.conn_member(), &c.user, granted).await? {
-                Join::Joined {
-                    head_seq,
-                    members,
-                    new_user,
-                } => (head_seq, members, new_user),
-                Join::NoRoom => {
-                    return Err(ServiceError::client(
-                        ErrorCode::NotFound,
-                        format!("no room {room}"),
-                    ));
+        let refused = match scripts::join(&mut r, &k, &c.conn_member(), &c.user, granted).await? {
+            Join::Joined {
+                head_seq,
+                members,
+                new_user,
+            } => Ok((head_seq, members, new_user)),
+            Join::NoRoom => Err(ServiceError::client(
+                ErrorCode::NotFound,
+                format!("no room {room}"),
+            )),
+            Join::Full => Err(ServiceError::client(
+                ErrorCode::RoomFull,
+                format!("room {room} is full"),
+            )),
+            Join::Forbidden => Err(ServiceError::client(
+                ErrorCode::Forbidden,
+                "private room: the token has no grant for it",
+            )),
+        };
+        let (seq, members, new_user) = match refused {
+            Ok(joined) => joined,
+            Err(e) => {
+                // A refused join takes no room of the connection's quota.
+                if counted {
+                    redis::cmd("SREM")
+                        .arg(&conn_rooms)
+                        .arg(&entry)
+                        .query_async::<()>(&mut r)
+                        .await
+                        .log_failure("un-counting a refused join");
                 }
-                Join::Full => {
-                    return Err(ServiceError::client(
-                        ErrorCode::RoomFull,
-                        format!("room {room} is full"),
-                    ));
-                }
-                Join::Forbidden => {
-                    return Err(ServiceError::client(
-                        ErrorCode::Forbidden,
-                        "private room: the token has no grant for it",
-                    ));
-                }
-            };
+                return Err(e);
+            }
+        };
         // A disconnect processed meanwhile means this membership must not stay.
         if is_gone(&mut r, &c.gw, c.conn).await? {
             drop(r);

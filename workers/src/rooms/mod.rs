@@ -8,6 +8,8 @@
 //! - [`receipts`]: delivered/read markers and unread counts;
 //! - [`reactions`]: reactions on messages;
 //! - [`conns`]: leaving every room when a connection closes;
+//! - [`quota`]: rooms per connection, rooms created per user, live rooms
+//!   per app (with the sweep of counted rooms that expired);
 //! - [`fanout`]: pushes to a room's feed; [`scripts`]: the Lua.
 //!
 //! Invariants:
@@ -24,6 +26,7 @@ mod conns;
 mod fanout;
 mod lifecycle;
 mod messages;
+mod quota;
 mod reactions;
 mod receipts;
 mod scripts;
@@ -34,6 +37,7 @@ use switchboard_proto::bus::{ReplayBatch, ReplayRequest, Request};
 use switchboard_shared::config::RoomsConfig;
 use switchboard_shared::conn_events::ConnLifecycle;
 use switchboard_shared::error::ErrorCode;
+use switchboard_shared::quotas::QuotasConfig;
 use switchboard_shared::redis::Pool;
 
 use crate::error::ServiceError;
@@ -46,11 +50,23 @@ pub struct Rooms {
     nats: async_nats::Client,
     pool: Pool,
     cfg: RoomsConfig,
+    quotas: QuotasConfig,
 }
 
 impl Rooms {
+    /// The service, with the default quotas.
     pub fn new(nats: async_nats::Client, pool: Pool, cfg: RoomsConfig) -> Self {
-        Self { nats, pool, cfg }
+        Self {
+            nats,
+            pool,
+            cfg,
+            quotas: QuotasConfig::default(),
+        }
+    }
+
+    /// The same service with these quotas.
+    pub fn with_quotas(self, quotas: QuotasConfig) -> Self {
+        Self { quotas, ..self }
     }
 
     async fn conn(&self) -> Result<deadpool_redis::Connection, ServiceError> {

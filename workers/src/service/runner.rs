@@ -149,9 +149,17 @@ pub async fn serve<S: Service>(
     Ok(())
 }
 
+/// A failed request's reply. Its `data` (unused when not ok) carries the
+/// error's extra fields as a JSON object, here the quota of a
+/// `limit_exceeded`; the gateway adds them to the client's error object.
 fn error_reply(e: &ClientError) -> Reply {
     Reply {
         ok: false,
+        data: e
+            .exceeded
+            .as_ref()
+            .map(|x| Bytes::from(x.to_json().to_string()))
+            .unwrap_or_default(),
         error: Some(BusErrorMsg {
             code: e.code.as_str().to_owned(),
             message: e.message.clone(),

@@ -1,8 +1,9 @@
 //! Lua scripts for the rooms service and their typed results. Each script
-//! touches only the keys of one room (one hash tag), so it is atomic and
-//! Redis-Cluster safe. KEYS are always `meta, conns, users, history, read,
-//! delivered, reactions, msg_ids, msg_id_times` (see
-//! `switchboard_shared::keys::RoomKeys::all`).
+//! touches only the keys of one hash tag, so it is atomic and Redis-Cluster
+//! safe. The room scripts' KEYS are always `meta, conns, users, history,
+//! read, delivered, reactions, msg_ids, msg_id_times` (see
+//! `switchboard_shared::keys::RoomKeys::all`); the quota scripts take the
+//! one set they count in.
 //!
 //! Every script is run through the function beside it, which passes its ARGV
 //! in order and decodes the reply into a typed result. Status codes are read
@@ -13,11 +14,15 @@
 //!
 //! - [`membership`]: CREATE, JOIN, LEAVE;
 //! - [`history`]: PUBLISH, READ;
-//! - [`marks`]: MARK (receipts), REACT (reactions).
+//! - [`marks`]: MARK (receipts), REACT (reactions);
+//! - [`quota`]: RESERVE and CONN_ROOM, the check-and-adds of the room
+//!   quotas (each on one key of its own: a user's, an app's or a
+//!   connection's set, not the room's).
 
 mod history;
 mod marks;
 mod membership;
+mod quota;
 
 use deadpool_redis::redis::{FromRedisValue, Value};
 
@@ -26,6 +31,7 @@ use crate::error::ServiceError;
 pub use history::{Entry, NewMessage, Publish, Read, publish, read};
 pub use marks::{Mark, React, mark, react};
 pub use membership::{Create, Join, Leave, NewRoom, create, join, leave};
+pub use quota::{ConnRoom, Reserve, conn_room, reserve};
 
 type Conn = deadpool_redis::Connection;
 

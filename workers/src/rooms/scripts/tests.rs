@@ -40,6 +40,17 @@ fn create_and_join_statuses_decode() {
 }
 
 #[test]
+fn quota_statuses_decode() {
+    assert_eq!(Reserve::decode(1).ok(), Some(Reserve::Added));
+    assert_eq!(Reserve::decode(0).ok(), Some(Reserve::Full));
+    script_error(Reserve::decode(2), "RESERVE");
+    assert_eq!(ConnRoom::decode(2).ok(), Some(ConnRoom::Already));
+    assert_eq!(ConnRoom::decode(1).ok(), Some(ConnRoom::Added));
+    assert_eq!(ConnRoom::decode(0).ok(), Some(ConnRoom::Full));
+    script_error(ConnRoom::decode(-1), "CONN_ROOM");
+}
+
+#[test]
 fn leave_names_the_user_whose_last_connection_left() {
     let left = Leave::decode((1, 3, 1, "a|b:c".into())).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(left.members(), 3);
