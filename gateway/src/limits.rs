@@ -56,6 +56,9 @@ pub struct Limits {
     ops: Mutex<HashMap<Bucket, Arc<DefaultKeyedRateLimiter<u64>>>>,
     ip_connect: DefaultKeyedRateLimiter<IpAddr>,
     ip_open: Mutex<HashMap<IpAddr, usize>>,
+    /// Users closed for sustained abuse (hash of app and user) and until
+    /// when (ms) their new connections are refused.
+    benched: Mutex<HashMap<u64, u64>>,
 }
 
 /// Why a handshake was refused by an IP limit.
@@ -94,6 +97,7 @@ impl Limits {
             clock: DefaultClock::default(),
             ops: Mutex::new(HashMap::new()),
             ip_open: Mutex::new(HashMap::new()),
+            benched: Mutex::new(HashMap::new()),
         }
     }
 
@@ -177,6 +181,27 @@ impl Limits {
         }))
     }
 
+    /// A connection of `user` was closed for sustained abuse at `now_ms`:
+    /// refuse the user's new connections for `limits.abuse_cooldown_ms`.
+    pub fn bench(&self, app: &str, user: &str, now_ms: u64) {
+        if !self.cfg.enabled || self.cfg.abuse_cooldown_ms == 0 {
+            return;
+        }
+        if let Ok(mut b) = self.benched.lock() {
+            b.insert(
+                user_key(app, user),
+                now_ms.saturating_add(self.cfg.abuse_cooldown_ms),
+            );
+        }
+    }
+
+    /// How long `user` must still wait before connecting again, if they
+    /// were closed for abuse lately.
+    pub fn benched(&self, app: &str, user: &str, now_ms: u64) -> Option<Duration> {
+        let until = *self.benched.lock().ok()?.get(&user_key(app, user))?;
+        (until > now_ms).then(|| Duration::from_millis(until - now_ms))
+    }
+
     /// Forgets buckets that are full again (idle users and IPs), so memory
     /// follows active clients. Called periodically.
     pub fn housekeeping(&self) {
@@ -188,7 +213,18 @@ impl Limits {
         }
         self.ip_connect.retain_recent();
         self.ip_connect.shrink_to_fit();
+        let now = switchboard_shared::now_ms();
+        if let Ok(mut b) = self.benched.lock() {
+            b.retain(|_, until| *until > now);
+        }
     }
+}
+
+/// The key of one user of one app in the cooldown table.
+fn user_key(app: &str, user: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (app, user).hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]
@@ -242,6 +278,20 @@ mod tests {
             l.check_request("a", "u", "rooms", "publish", &s, 3),
             Verdict::Close(_)
         ));
+    }
+
+    #[test]
+    fn a_user_closed_for_abuse_waits_before_connecting_again() {
+        let l = limits(|c| c.abuse_cooldown_ms = 1_000);
+        assert_eq!(l.benched("a", "u", 5_000), None);
+        l.bench("a", "u", 5_000);
+        assert_eq!(l.benched("a", "u", 5_400), Some(Duration::from_millis(600)));
+        assert_eq!(l.benched("a", "other", 5_400), None);
+        assert_eq!(l.benched("b", "u", 5_400), None);
+        assert_eq!(l.benched("a", "u", 6_000), None);
+        let off = limits(|c| c.abuse_cooldown_ms = 0);
+        off.bench("a", "u", 5_000);
+        assert_eq!(off.benched("a", "u", 5_001), None);
     }
 
     #[test]

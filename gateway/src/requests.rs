@@ -161,6 +161,7 @@ pub async fn forward(state: &State, h: &ConnHandle, req: ClientRequest<'_>) -> b
         Verdict::Close(l) => {
             h.send_text(rate_limited_frame(req.id.get(), l));
             h.kill(CloseReason::new(1008, "rate limit exceeded"));
+            state.limits.bench(h.tenant.as_str(), h.user.as_str(), now);
             return false;
         }
     }

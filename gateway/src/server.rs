@@ -161,6 +161,20 @@ async fn upgrade(state: Arc<State>, ip: IpAddr, mut req: Request<Incoming>) -> R
             return json(rej.status, rej.body());
         }
     };
+    let who = &accepted.identity;
+    if let Some(wait) = state.limits.benched(
+        who.tenant.as_str(),
+        who.user.as_str(),
+        switchboard_shared::now_ms(),
+    ) {
+        tracing::debug!(user = %who.user, "upgrade refused: closed for abuse lately");
+        let body = serde_json::json!({"error": {
+            "code": "rate_limited",
+            "message": "this user was closed for sending too fast; retry later",
+            "retry_after_ms": wait.as_millis().max(1) as u64,
+        }});
+        return json(StatusCode::TOO_MANY_REQUESTS, body.to_string());
+    }
     if let Err(max) = admit_app(&state, &accepted.identity.tenant).await {
         let e = ClientError::limit_exceeded(
             Quota::ConnectionsPerApp,

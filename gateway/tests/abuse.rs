@@ -8,7 +8,7 @@
 use serde_json::json;
 use switchboard_shared::limits::Bucket;
 use switchboard_test_harness::stack::token;
-use switchboard_test_harness::{Client, Gateway, Stack, Workers};
+use switchboard_test_harness::{Client, ConnectError, Gateway, Stack, Workers};
 
 #[tokio::test]
 async fn a_flooding_user_is_rate_limited_then_closed_while_others_carry_on() {
@@ -21,6 +21,7 @@ async fn a_flooding_user_is_rate_limited_then_closed_while_others_carry_on() {
         .or_default()
         .insert("publish".into(), Bucket::new(1, 3));
     cfg.limits.strikes_to_close = 5;
+    cfg.limits.abuse_cooldown_ms = 1_000;
     let _w = Workers::start(cfg.clone(), &["rooms"]).await;
     let gw = Gateway::start(cfg.clone()).await;
     let mut flood = Client::connect(&gw.ws_url(), &token(&cfg, "demo", "flood"))
@@ -68,6 +69,27 @@ async fn a_flooding_user_is_rate_limited_then_closed_while_others_carry_on() {
     assert_eq!(code, 1008);
     assert!(reason.contains("rate"), "{reason}");
     calm.ok("rooms.info", json!({"room": "r"})).await;
+
+    // Reconnecting at once does not resume the flood: the user is refused
+    // for `abuse_cooldown_ms`, told how long to wait; others are not.
+    let again = Client::connect(&gw.ws_url(), &token(&cfg, "demo", "flood")).await;
+    let Err(ConnectError::Http { status, body }) = again else {
+        panic!("reconnected at once");
+    };
+    assert_eq!(status, 429);
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    let wait = body["error"]["retry_after_ms"].as_u64().unwrap();
+    assert!((1..=1_000).contains(&wait), "{body}");
+    Client::connect(&gw.ws_url(), &token(&cfg, "demo", "other"))
+        .await
+        .unwrap();
+    // After the wait it was told, the user is welcome again.
+    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+    let mut back = Client::connect(&gw.ws_url(), &token(&cfg, "demo", "flood"))
+        .await
+        .unwrap();
+    back.ok("rooms.info", json!({"room": "r"})).await;
 }
 
 #[tokio::test]

@@ -8,6 +8,10 @@
 //! is user `a` of app `demo`, under the default limits; the measuring
 //! client is user `b` of app `calm`, whose only override is a publish rate
 //! its 200 round trips never exceed (the default 20/s would refuse them).
+//! The one other setting: `limits.abuse_cooldown_ms` is 0, so the flooder
+//! may reconnect at once and the flood stays a flood of publishes (with
+//! the default cooldown it is refused at the handshake after its first
+//! close, a much lighter load; `abuse.rs` tests the cooldown).
 //! On a 2-core machine the flood takes CPU from everyone: B's median
 //! round trip about doubles whether the flood hits B's gateway or another
 //! gateway process, so the bounds leave room for that and no more.
@@ -293,6 +297,7 @@ async fn a_flooding_client_does_not_slow_the_others_down() {
         &cfg,
         &[
             ("SB_LIMITS__ENABLED", "true"),
+            ("SB_LIMITS__ABUSE_COOLDOWN_MS", "0"),
             (
                 "SB_LIMITS__APPS__CALM__OPS__ROOMS__PUBLISH__PER_SEC",
                 &per_sec,

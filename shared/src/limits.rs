@@ -56,6 +56,10 @@ pub struct LimitsConfig {
     /// connection is closed with 1008 (sustained abuse).
     pub strikes_to_close: u32,
     pub strike_window_ms: u64,
+    /// After that close, the user's new connections to the same gateway are
+    /// refused (HTTP 429) for this long (0: not at all), so a client that
+    /// reconnects at once cannot resume the flood.
+    pub abuse_cooldown_ms: u64,
     /// New connections per client address on one gateway (HTTP 429 beyond).
     /// The address is the TCP peer: behind a load balancer that is the
     /// balancer's, so the default only stops floods.
@@ -92,6 +96,7 @@ impl Default for LimitsConfig {
             default_op: Bucket::new(50, 100),
             strikes_to_close: 50,
             strike_window_ms: 10_000,
+            abuse_cooldown_ms: 10_000,
             ip_connect: Bucket::new(1_000, 2_000),
             ip_connections: 0,
             user_connections: 50,
