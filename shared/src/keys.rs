@@ -21,6 +21,10 @@ pub struct RoomKeys {
     pub delivered: String,
     /// Hash: `<seq>|<emoji>|<user>` → 1, reactions on messages.
     pub reactions: String,
+    /// Hash: gateway id → number of that gateway's connections in the room,
+    /// kept by the scripts that add and remove members: the gateways a
+    /// room's pushes are addressed to.
+    pub gateways: String,
 }
 
 impl RoomKeys {
@@ -34,6 +38,7 @@ impl RoomKeys {
             read: format!("{tag}:read"),
             delivered: format!("{tag}:delivered"),
             reactions: format!("{tag}:reactions"),
+            gateways: format!("{tag}:gws"),
         }
     }
 
@@ -44,7 +49,7 @@ impl RoomKeys {
     }
 
     /// In the order the Lua scripts expect them as KEYS.
-    pub fn all(&self) -> [&str; 7] {
+    pub fn all(&self) -> [&str; 8] {
         [
             &self.meta,
             &self.conns,
@@ -53,6 +58,7 @@ impl RoomKeys {
             &self.read,
             &self.delivered,
             &self.reactions,
+            &self.gateways,
         ]
     }
 }

@@ -17,7 +17,7 @@ use switchboard_shared::{frames, now_ms};
 use super::scripts::{self, Entry, NewMessage, Publish, Read};
 use super::{Rooms, access};
 use crate::error::ServiceError;
-use crate::service::{Caller, Outcome};
+use crate::service::{Caller, Outcome, fanout};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,7 +89,8 @@ impl Rooms {
             cutoff_ms: self.history_cutoff(ts),
             echo: req.echo,
         };
-        let (seq, message) = match scripts::publish(&mut self.conn().await?, &k, new).await? {
+        let (stored, gateways) = scripts::publish(&mut self.conn().await?, &k, new).await?;
+        let (seq, message) = match stored {
             Publish::Stored { seq, message } => (seq, message),
             Publish::NotMember => {
                 return Err(ServiceError::client(
@@ -105,7 +106,7 @@ impl Rooms {
             echo: req.echo,
             close_code: 0,
         };
-        self.to_room(&c.tenant, &room, push).await;
+        fanout::to_gateways(&self.nats, &gateways, &c.tenant, &room, &push).await;
         Ok(Outcome::json(
             &json!({"room": room.as_str(), "seq": seq, "ts": ts}),
         ))

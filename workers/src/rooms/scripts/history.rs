@@ -3,23 +3,27 @@
 use std::sync::LazyLock;
 
 use deadpool_redis::redis::{Script, Value};
-use switchboard_shared::ids::UserId;
+use switchboard_shared::ids::{GatewayId, UserId};
 use switchboard_shared::keys::RoomKeys;
 use switchboard_shared::members::ConnMember;
 
 use super::{Conn, bool_arg, count, reply};
 use crate::error::ServiceError;
+use crate::service::fanout::gateways;
 
 /// ARGV: member field, now_ms, json head, json tail, history_max, cutoff_ms,
 /// user, no-echo member ('' when the sender wants its message back). The
 /// stored message is `head .. seq .. tail`; field `o` keeps the no-echo
 /// member, so a replay skips the sender as the live push does. The sender's
 /// read marker moves to it (sending implies having read the conversation).
-/// Returns {seq, message} or {-4, ''} when the connection is not a member.
+/// Returns {seq, message, gateways} or {-4, '', {}} when the connection is not
+/// a member; `gateways` are the room's gateways (`HKEYS gateways`), read
+/// with the seq: a gateway that gains its first member after this script
+/// catches up from the history this script wrote.
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {-4, ''} end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {-4, '', {}} end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local m = ARGV[3] .. seq .. ARGV[4]
 if ARGV[8] == '' then
@@ -34,7 +38,7 @@ for _, e in ipairs(old) do
 end
 local r = tonumber(redis.call('HGET', KEYS[5], ARGV[7]) or '0')
 if seq > r then redis.call('HSET', KEYS[5], ARGV[7], seq) end
-return {seq, m}
+return {seq, m, redis.call('HKEYS', KEYS[8])}
 "#,
     )
 });
@@ -79,11 +83,12 @@ pub struct NewMessage<'a> {
     pub echo: bool,
 }
 
+/// Stores `m`; returns what happened and the room's gateways at its seq.
 pub async fn publish(
     r: &mut Conn,
     k: &RoomKeys,
     m: NewMessage<'_>,
-) -> Result<Publish, ServiceError> {
+) -> Result<(Publish, Vec<GatewayId>), ServiceError> {
     let v: Value = PUBLISH
         .key(k.all().as_slice())
         .arg(m.member.to_string())
@@ -100,7 +105,8 @@ pub async fn publish(
         })
         .invoke_async(r)
         .await?;
-    Publish::decode(reply("PUBLISH", &v)?)
+    let (seq, message, gws): (i64, String, Vec<String>) = reply("PUBLISH", &v)?;
+    Ok((Publish::decode((seq, message))?, gateways(gws)))
 }
 
 /// ARGV: start id, end id, count, reverse (0/1).

@@ -1,7 +1,8 @@
 //! Lua scripts for the rooms service and their typed results. Each script
 //! touches only the keys of one room (one hash tag), so it is atomic and
 //! Redis-Cluster safe. KEYS are always `meta, conns, users, history, read,
-//! delivered, reactions` (see `switchboard_shared::keys::RoomKeys::all`).
+//! delivered, reactions, gateways` (see
+//! `switchboard_shared::keys::RoomKeys::all`).
 //!
 //! Every script is run through the function beside it, which passes its ARGV
 //! in order and decodes the reply into a typed result. Status codes are read
