@@ -8,7 +8,7 @@
 //! - [`receipts`]: delivered/read markers and unread counts;
 //! - [`reactions`]: reactions on messages;
 //! - [`conns`]: leaving every room when a connection closes;
-//! - [`fanout`]: pushes to a room's feed; [`scripts`]: the Lua.
+//! - [`fanout`]: pushes to a room's members; [`scripts`]: the Lua.
 //!
 //! Invariants:
 //! - All room state is in Redis under one hash tag per room; every mutation
@@ -16,8 +16,11 @@
 //! - `seq` is assigned by Redis inside the publish script and the message is
 //!   appended to the history stream (entry id `<seq>-0`) in the same script:
 //!   history order is seq order, with no holes except trimmed ones.
-//! - Live fan-out is one NATS message per room on `sb.room.<tenant>.<room>`;
-//!   gateways restore seq order and fill gaps through `_replay`.
+//! - Live fan-out is one NATS message per gateway holding members of the
+//!   room (`sb.gw.<gateway>.r.<tenant>.<room>`, `service::fanout`); the
+//!   room's `gateways` hash is kept by the join and leave scripts and read by
+//!   the publish script with the seq. Gateways restore seq order and fill
+//!   gaps through `_replay`.
 
 pub mod access;
 mod conns;
