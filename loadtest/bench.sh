@@ -16,7 +16,10 @@
 #   BENCH_DURATION=8              seconds of traffic per pairs/fanout/rtt run
 #   BENCH_MM_WAITING=100000 BENCH_MM_COMPATIBLE=20000   matchmaking (Switchboard
 #                                 only): tickets waiting; compatible ones matched for tickets/s
-#   BENCH_SCENARIOS=connect,pairs,fanout,rtt,matchmaking
+#   BENCH_DM_USERS=500 BENCH_DM_ROOMS=20   dm (Switchboard only): users each in
+#                                 that many rooms, distinct then shared; its RSS
+#                                 figures want a fresh gateway: BENCH_SCENARIOS=dm
+#   BENCH_SCENARIOS=connect,pairs,fanout,rtt,matchmaking   (and/or dm)
 #   BENCH_TARGETS=switchboard,b1,b2,socketio
 #   BENCH_NAME=<date>-<nproc>core BENCH_OUT_DIR=loadtest/results
 #   BENCH_NOTE="free text recorded in the report"
@@ -43,6 +46,8 @@ REPEAT=${BENCH_REPEAT:-1}
 DURATION=${BENCH_DURATION:-8}
 MM_WAITING=${BENCH_MM_WAITING:-100000}
 MM_COMPATIBLE=${BENCH_MM_COMPATIBLE:-20000}
+DM_USERS=${BENCH_DM_USERS:-500}
+DM_ROOMS=${BENCH_DM_ROOMS:-20}
 SCENARIOS=${BENCH_SCENARIOS:-connect,pairs,fanout,rtt,matchmaking}
 TARGETS=${BENCH_TARGETS:-switchboard,b1,b2,socketio}
 NAME=${BENCH_NAME:-$(date -u +%Y-%m-%d)-$(nproc)core}
@@ -233,4 +238,5 @@ say "running the suite (scenarios: $SCENARIOS; targets: $TARGETS)"
   --rtt-connections "$RTT_C" --rtt-window "$RTT_W" \
   --duration "$DURATION" --repeat "$REPEAT" --scenarios "$SCENARIOS" \
   --mm-waiting "$MM_WAITING" --mm-compatible "$MM_COMPATIBLE" \
+  --dm-users "$DM_USERS" --dm-rooms "$DM_ROOMS" \
   "${SUITE_ARGS[@]}"

@@ -22,8 +22,9 @@
 //!   timeouts;
 //! - [`router`]: the gateway's NATS wildcard subscription, routed to
 //!   connections;
-//! - [`feeds`]: interest-based room subscriptions with seq ordering and gap
-//!   recovery.
+//! - [`feeds`]: who follows which feed: rooms (pushes addressed to this
+//!   gateway, seq ordering and gap recovery), presence and app-wide
+//!   subscriptions.
 #![forbid(unsafe_code)]
 
 pub mod conn;

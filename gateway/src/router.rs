@@ -1,13 +1,14 @@
 //! Everything that reaches this gateway over NATS on its one wildcard
 //! subscription (`sb.gw.<gateway>.>`), routed locally to a connection by id:
-//! replies to its requests (answered by [`crate::requests`]) and pushes to
-//! that one socket.
+//! replies to its requests (answered by [`crate::requests`]), pushes to
+//! that one socket, and pushes for a room with members here (handed to the
+//! room's feed, [`crate::feeds`]).
 
 use std::sync::Arc;
 
 use futures::StreamExt;
 use switchboard_proto::bus::Push;
-use switchboard_shared::subjects::{GatewayTarget, parse_gateway_subject};
+use switchboard_shared::subjects::{self, GatewayTarget, parse_gateway_subject};
 use switchboard_shared::{Shutdown, bus};
 
 use crate::State;
@@ -25,7 +26,10 @@ pub async fn route(state: Arc<State>, mut sub: async_nats::Subscriber, stop: Shu
                 }
             }
             Some(GatewayTarget::Push { conn }) => on_push(&state, conn, msg),
-            None => tracing::debug!(subject = %msg.subject, "unroutable message"),
+            None => match subjects::parse_room_push(&state.gw, &msg.subject) {
+                Some((tenant, room)) => on_room_push(&state, &subjects::room(&tenant, &room), msg),
+                None => tracing::debug!(subject = %msg.subject, "unroutable message"),
+            },
         }
     }
 }
@@ -65,5 +69,13 @@ fn on_push(state: &State, conn: u64, msg: async_nats::Message) {
             }
         }
         Err(e) => tracing::warn!(error = %e, "malformed push"),
+    }
+}
+
+/// A room push addressed to this gateway, for the feed named `feed`.
+fn on_room_push(state: &State, feed: &str, msg: async_nats::Message) {
+    match bus::decode::<Push>(&msg.payload) {
+        Ok(push) => state.feeds.on_log_push(feed, push),
+        Err(e) => tracing::warn!(error = %e, feed, "malformed room push"),
     }
 }

@@ -39,8 +39,8 @@ pub struct State {
     pub draining: AtomicBool,
     pub started: Instant,
     pub shutdown: Shutdown,
-    /// Every per-connection task (HTTP connections, sockets, readers) and
-    /// feed task, so a drain can wait for all of them.
+    /// Every per-connection task (HTTP connections, sockets, readers), feed
+    /// task and feed replay, so a drain can wait for all of them.
     pub tasks: TaskTracker,
 }
 

@@ -293,7 +293,8 @@ async fn malformed_frames_get_typed_errors_and_the_connection_carries_on() {
 async fn crafted_ids_cannot_reach_other_subjects() {
     let (stack, cfg, _w, gw) = setup(|_| {}).await;
     let spy = stack.nats_client().await;
-    let mut sub = spy.subscribe("sb.room.>").await.unwrap();
+    // Room pushes are addressed to each gateway holding members.
+    let mut sub = spy.subscribe("sb.gw.*.r.>").await.unwrap();
     spy.flush().await.unwrap();
     let mut c = Client::connect(&gw.ws_url(), &token(&cfg, "demo", "u"))
         .await
@@ -336,16 +337,20 @@ async fn crafted_ids_cannot_reach_other_subjects() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(
-        msg.subject.as_str(),
-        "sb.room.demo.ok",
-        "member_joined first"
-    );
+    let gw = c.welcome["conn"]
+        .as_str()
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap()
+        .0
+        .to_owned();
+    let room_subject = format!("sb.gw.{gw}.r.demo.ok");
+    assert_eq!(msg.subject.as_str(), room_subject, "member_joined first");
     let msg = tokio::time::timeout(Duration::from_secs(10), sub.next())
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(msg.subject.as_str(), "sb.room.demo.ok");
+    assert_eq!(msg.subject.as_str(), room_subject);
 }
 
 #[tokio::test]

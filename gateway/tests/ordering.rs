@@ -25,6 +25,14 @@ fn push(seq: u64, data: &str) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// The subject on which the rooms worker addresses the pushes of room `r` of
+/// app `demo` to the gateway of `c`.
+fn room_r_subject(c: &Client) -> String {
+    let conn = c.welcome["conn"].as_str().unwrap();
+    let gw = conn.rsplit_once(':').unwrap().0;
+    format!("sb.gw.{gw}.r.demo.r")
+}
+
 /// A stack with a short reorder window, a raw bus client, and one member of
 /// room `r` in app `demo`.
 async fn member_of_room_r() -> (Stack, Workers, Gateway, async_nats::Client, Client) {
@@ -52,12 +60,18 @@ async fn out_of_order_duplicate_and_missing_seqs_are_put_right() {
         )
         .await;
     }
-    let subject = "sb.room.demo.r";
+    let subject = room_r_subject(&c);
     // 5 before 4, and 4 never comes: 4 is not in history either.
-    bus.publish(subject, push(5, "five").into()).await.unwrap();
+    bus.publish(subject.clone(), push(5, "five").into())
+        .await
+        .unwrap();
     // 7 before 6, then 6 twice.
-    bus.publish(subject, push(7, "seven").into()).await.unwrap();
-    bus.publish(subject, push(6, "six").into()).await.unwrap();
+    bus.publish(subject.clone(), push(7, "seven").into())
+        .await
+        .unwrap();
+    bus.publish(subject.clone(), push(6, "six").into())
+        .await
+        .unwrap();
     bus.publish(subject, push(6, "six again").into())
         .await
         .unwrap();
@@ -136,7 +150,7 @@ async fn a_seq_lost_on_the_bus_is_filled_from_history() {
         )
         .contains("2-0")
     );
-    bus.publish("sb.room.demo.r", push(3, "three").into())
+    bus.publish(room_r_subject(&member), push(3, "three").into())
         .await
         .unwrap();
     bus.flush().await.unwrap();

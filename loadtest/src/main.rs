@@ -5,6 +5,7 @@
 //! switchboard-loadtest connect --url ws://127.0.0.1:18080/ws --connections 10000 --server-pid <gw>
 //! switchboard-loadtest pairs   --url ... --pairs 250 --rate 4
 //! switchboard-loadtest fanout  --url ... --members 1000 --rate 100
+//! switchboard-loadtest dm      --url ... --users 500 --rooms 20 --server-pid <gw>
 //! switchboard-loadtest rtt     --url ... --connections 32 [--rate 5000] [--op rooms.info]
 //! switchboard-loadtest matchmaking --url ... --redis-url redis://127.0.0.1:6379 --waiting 100000
 //! switchboard-loadtest b1-server --listen 127.0.0.1:18081
@@ -53,6 +54,8 @@ enum Command {
     Pairs(scenarios::pairs::Args),
     /// One room, M members, one publisher; deliveries per second and latency.
     Fanout(scenarios::fanout::Args),
+    /// N users each in K small rooms (distinct, then shared): gateway RSS per membership.
+    Dm(scenarios::dm::Args),
     /// Request → reply round trips, closed or open loop.
     Rtt(scenarios::rtt::Args),
     /// Matching with many tickets waiting (seeded in Redis): newcomer latency, tickets/s.
@@ -113,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Connect(a) => scenarios::connect::main(a).await,
         Command::Pairs(a) => scenarios::pairs::main(a).await,
         Command::Fanout(a) => scenarios::fanout::main(a).await,
+        Command::Dm(a) => scenarios::dm::main(a).await,
         Command::Rtt(a) => scenarios::rtt::main(a).await,
         Command::Matchmaking(a) => scenarios::matchmaking::main(a).await,
         Command::Suite(a) => suite::main(*a).await,

@@ -642,6 +642,9 @@ pub fn markdown(s: &Suite) -> String {
             .collect();
         let _ = writeln!(md, "| {label} | {} |", cells.join(" | "));
     }
+    if let Some(dm) = &s.results.dm {
+        let _ = writeln!(md, "\n{}", crate::scenarios::dm::markdown(dm));
+    }
     if !s.results.failures.is_empty() {
         let _ = writeln!(md, "\n## Failures\n");
         for (k, v) in &s.results.failures {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::{CpuUse, Machine, Servers};
 use crate::report;
-use crate::scenarios::{Common, Spec, connect, fanout, matchmaking, pairs, rtt};
+use crate::scenarios::{Common, Spec, connect, dm, fanout, matchmaking, pairs, rtt};
 use crate::wire::Target;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -107,7 +107,12 @@ pub struct Args {
     /// `matchmaking`: compatible tickets matched for the throughput figure.
     #[arg(long, default_value_t = 20_000)]
     pub mm_compatible: usize,
-    /// Scenarios to run (connect, pairs, fanout, rtt, matchmaking).
+    /// `dm`: users, each in `--dm-rooms` rooms.
+    #[arg(long, default_value_t = 500)]
+    pub dm_users: usize,
+    #[arg(long, default_value_t = 20)]
+    pub dm_rooms: usize,
+    /// Scenarios to run (connect, pairs, fanout, rtt, matchmaking, dm).
     #[arg(
         long,
         value_delimiter = ',',
@@ -169,6 +174,9 @@ pub struct Results {
     /// Switchboard matchmaking with many tickets waiting.
     #[serde(default)]
     pub matchmaking: Option<matchmaking::Report>,
+    /// Switchboard with a messenger's rooms (distinct and shared).
+    #[serde(default)]
+    pub dm: Option<dm::Report>,
     /// Scenario failures: "scenario/target" → error.
     pub failures: BTreeMap<String, String>,
 }
@@ -497,6 +505,28 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
                 anyhow::anyhow!("no --sb-redis-url given"),
             ),
             (None, _) => {}
+        }
+    }
+
+    if wants("dm")
+        && let Some((t, url, s)) = targets.iter().find(|(t, ..)| *t == Target::Switchboard)
+    {
+        let a = dm::Args {
+            common: common(*t, url, s, &args.app),
+            users: args.dm_users,
+            rooms: args.dm_rooms,
+            distinct_rate: 500.0,
+            shared_rate: 10.0,
+            duration: args.duration,
+        };
+        eprintln!("== dm switchboard ({} users x {} rooms)", a.users, a.rooms);
+        let a = &a;
+        match run_with(&a.common, |spec| async move { dm::run(&spec, a).await }).await {
+            Ok(r) => {
+                dm::print_summary(&r);
+                res.dm = Some(r);
+            }
+            Err(e) => fail(&mut res, "dm", *t, e),
         }
     }
 

@@ -29,6 +29,10 @@ pub struct RoomKeys {
     /// drops the entries older than the window from both keys, a bounded
     /// number per call, so they hold about one window of ids.
     pub msg_id_times: String,
+    /// Hash: gateway id → number of that gateway's connections in the room,
+    /// kept by the scripts that add and remove members: the gateways a
+    /// room's pushes are addressed to.
+    pub gateways: String,
 }
 
 impl RoomKeys {
@@ -44,6 +48,7 @@ impl RoomKeys {
             reactions: format!("{tag}:reactions"),
             msg_ids: format!("{tag}:msgids"),
             msg_id_times: format!("{tag}:msgidt"),
+            gateways: format!("{tag}:gws"),
         }
     }
 
@@ -54,7 +59,7 @@ impl RoomKeys {
     }
 
     /// In the order the Lua scripts expect them as KEYS.
-    pub fn all(&self) -> [&str; 9] {
+    pub fn all(&self) -> [&str; 10] {
         [
             &self.meta,
             &self.conns,
@@ -65,6 +70,7 @@ impl RoomKeys {
             &self.reactions,
             &self.msg_ids,
             &self.msg_id_times,
+            &self.gateways,
         ]
     }
 }

@@ -5,7 +5,7 @@
 //! | `sb.svc.<service>.<op>` | gateway → worker queue group | a client request |
 //! | `sb.gw.<gateway>.c.<conn>` | worker → gateway | push to one connection |
 //! | `sb.gw.<gateway>.c.<conn>.<req>` | worker → gateway | reply to request `<req>` |
-//! | `sb.room.<tenant>.<room>` | rooms worker → gateways with members | room fan-out |
+//! | `sb.gw.<gateway>.r.<tenant>.<room>` | rooms, presence → each gateway with members | room fan-out |
 //! | `sb.tenant.<tenant>` | workers → every gateway with that app | app-wide pushes |
 //! | `sb.presence.<tenant>.<user>` | presence worker → watchers' gateways | one user's presence |
 //! | `sb.evt.conn` | gateway → workers | connect / disconnect / heartbeat |
@@ -119,9 +119,31 @@ pub fn parse_gateway_subject(gw: &GatewayId, subject: &str) -> Option<GatewayTar
     }
 }
 
-/// A room's fan-out subject.
+/// A room's feed name (`sb.room.<tenant>.<room>`): what a join's `Interest`
+/// and a leave's detach name, and the key of the gateway's feed. Nothing is
+/// published or subscribed on it: a room's pushes are addressed to each
+/// gateway holding members ([`room_push`]).
 pub fn room(tenant: &TenantId, room: &RoomId) -> String {
     format!("sb.room.{tenant}.{room}")
+}
+
+/// A room's pushes to one gateway that holds members of it (under the
+/// gateway's wildcard subscription, so a gateway needs no subscription per
+/// room).
+pub fn room_push(gw: &GatewayId, tenant: &TenantId, room: &RoomId) -> String {
+    format!("sb.gw.{gw}.r.{tenant}.{room}")
+}
+
+/// The room a subject received on [`gateway_wildcard`] of `gw` addresses
+/// ([`room_push`]); `None` for anything else, ids that do not validate
+/// included.
+pub fn parse_room_push(gw: &GatewayId, subject: &str) -> Option<(TenantId, RoomId)> {
+    let rest = subject
+        .strip_prefix("sb.gw.")?
+        .strip_prefix(gw.as_str())?
+        .strip_prefix(".r.")?;
+    let (tenant, room) = rest.split_once('.')?;
+    Some((TenantId::parse(tenant).ok()?, RoomId::parse(room).ok()?))
 }
 
 /// Broadcast to every connection of an app, on every gateway.
@@ -180,6 +202,32 @@ mod tests {
         assert_eq!(parse_gateway_subject(&g, "sb.gw.gw1.c.x"), None);
         assert_eq!(parse_gateway_subject(&g, "sb.gw.gw1.c.1.2.3"), None);
         assert_eq!(parse_gateway_subject(&g, "sb.gw.gw10.c.1"), None);
+    }
+
+    #[test]
+    fn room_push_subjects_round_trip_and_refuse_anything_else() {
+        let g = gw();
+        let t = TenantId::parse("app").unwrap_or_else(|e| panic!("{e}"));
+        let r = RoomId::parse("r-1").unwrap_or_else(|e| panic!("{e}"));
+        let s = room_push(&g, &t, &r);
+        assert_eq!(s, "sb.gw.gw1.r.app.r-1");
+        assert_eq!(parse_room_push(&g, &s), Some((t.clone(), r.clone())));
+        // Not a connection subject, so the router cannot mistake one for the other.
+        assert_eq!(parse_gateway_subject(&g, &s), None);
+        assert_eq!(parse_room_push(&g, &conn(&g, 1)), None);
+        for bad in [
+            "sb.gw.gw2.r.app.r-1",
+            "sb.gw.gw10.r.app.r-1",
+            "sb.gw.gw1.r.app",
+            "sb.gw.gw1.r.app.r-1.x",
+            "sb.gw.gw1.r.app.*",
+            "sb.gw.gw1.r.>.r-1",
+            "sb.gw.gw1.r..r-1",
+            "sb.gw.gw1.r.app.",
+            "sb.room.app.r-1",
+        ] {
+            assert_eq!(parse_room_push(&g, bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! (a hard deadline on every connection task); all of them stop by themselves.
 
 pub mod connect;
+pub mod dm;
 pub mod fanout;
 pub mod matchmaking;
 pub mod pairs;

@@ -14,7 +14,7 @@ use switchboard_shared::{bus, frames, subjects};
 use super::Presence;
 use super::scripts::{self, TextChange};
 use crate::error::{LogFailure, ServiceError};
-use crate::service::{Caller, Outcome};
+use crate::service::{Caller, Outcome, fanout};
 
 /// Statuses a user may choose.
 const STATUSES: [&str; 4] = ["online", "away", "busy", "offline"];
@@ -110,15 +110,13 @@ impl Presence {
                 Vec::new()
             }
         };
-        let room_push = bus::encode(&Push {
+        let room_push = Push {
             frame,
             ..Push::default()
-        });
+        };
         for room in rooms {
             match RoomId::parse(&room) {
-                Ok(room) => self
-                    .nats
-                    .publish(subjects::room(tenant, &room), room_push.clone())
+                Ok(room) => fanout::to_room(&self.nats, &self.pool, tenant, &room, &room_push)
                     .await
                     .log_failure("publishing a presence change to a room"),
                 Err(_) => tracing::warn!(value = %room, "skipping a malformed room of a user"),

@@ -1,24 +1,18 @@
-//! Pushes to a room's feed (`sb.room.<tenant>.<room>`): stored messages with
-//! their seq, and ephemeral signals (seq 0) that are neither stored nor
-//! replayed. A failed publish is logged: nobody waits on a push.
+//! Pushes to a room's members through the one room fan-out helper
+//! (`service::fanout`): stored messages with their seq, sent to the gateways
+//! the publish script returned, and ephemeral signals (seq 0) that are
+//! neither stored nor replayed. A failed push is logged: nobody waits on it.
 
 use serde::Serialize;
 use switchboard_proto::bus::{ConnRef, Push};
+use switchboard_shared::frames;
 use switchboard_shared::ids::{RoomId, TenantId};
-use switchboard_shared::{bus, frames, subjects};
 
 use super::Rooms;
 use crate::error::LogFailure;
+use crate::service::fanout;
 
 impl Rooms {
-    /// Publishes `push` on the room's feed.
-    pub(super) async fn to_room(&self, tenant: &TenantId, room: &RoomId, push: Push) {
-        self.nats
-            .publish(subjects::room(tenant, room), bus::encode(&push))
-            .await
-            .log_failure("publishing to a room");
-    }
-
     /// An ephemeral `{"event", "data"}` push to the room's members. With an
     /// `origin`, that connection does not get it back.
     pub(super) async fn signal<T: Serialize + ?Sized>(
@@ -36,6 +30,8 @@ impl Rooms {
             echo: false,
             close_code: 0,
         };
-        self.to_room(tenant, room, push).await;
+        fanout::to_room(&self.nats, &self.pool, tenant, room, &push)
+            .await
+            .log_failure("pushing a signal to a room");
     }
 }

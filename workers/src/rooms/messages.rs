@@ -24,7 +24,7 @@ use switchboard_shared::{frames, now_ms};
 use super::scripts::{self, Entry, NewMessage, Publish, Read};
 use super::{Rooms, access};
 use crate::error::ServiceError;
-use crate::service::{Caller, Outcome};
+use crate::service::{Caller, Outcome, fanout};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -113,7 +113,8 @@ impl Rooms {
             msg_id: msg_id.as_ref(),
             dedupe_since_ms: ts.saturating_sub(self.cfg.dedupe_window_secs.saturating_mul(1000)),
         };
-        let (seq, message) = match scripts::publish(&mut self.conn().await?, &k, new).await? {
+        let (stored, gateways) = scripts::publish(&mut self.conn().await?, &k, new).await?;
+        let (seq, message) = match stored {
             Publish::Stored { seq, message } => (seq, message),
             Publish::Duplicate { seq, ts_ms } => {
                 return Ok(Outcome::json(&json!({
@@ -137,7 +138,7 @@ impl Rooms {
             echo: req.echo,
             close_code: 0,
         };
-        self.to_room(&c.tenant, &room, push).await;
+        fanout::to_gateways(&self.nats, &gateways, &c.tenant, &room, &push).await;
         Ok(Outcome::json(
             &json!({"room": room.as_str(), "seq": seq, "ts": ts}),
         ))

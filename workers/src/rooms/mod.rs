@@ -10,7 +10,7 @@
 //! - [`conns`]: leaving every room when a connection closes;
 //! - [`quota`]: rooms per connection, rooms created per user, live rooms
 //!   per app (with the sweep of counted rooms that expired);
-//! - [`fanout`]: pushes to a room's feed; [`scripts`]: the Lua.
+//! - [`fanout`]: pushes to a room's members; [`scripts`]: the Lua.
 //!
 //! Invariants:
 //! - All room state is in Redis under one hash tag per room; every mutation
@@ -18,8 +18,11 @@
 //! - `seq` is assigned by Redis inside the publish script and the message is
 //!   appended to the history stream (entry id `<seq>-0`) in the same script:
 //!   history order is seq order, with no holes except trimmed ones.
-//! - Live fan-out is one NATS message per room on `sb.room.<tenant>.<room>`;
-//!   gateways restore seq order and fill gaps through `_replay`.
+//! - Live fan-out is one NATS message per gateway holding members of the
+//!   room (`sb.gw.<gateway>.r.<tenant>.<room>`, `service::fanout`); the
+//!   room's `gateways` hash is kept by the join and leave scripts and read by
+//!   the publish script with the seq. Gateways restore seq order and fill
+//!   gaps through `_replay`.
 
 pub mod access;
 mod conns;

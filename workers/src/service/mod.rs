@@ -3,6 +3,8 @@
 //! share:
 //! - [`caller`]: who is asking ([`Caller`], from the gateway's envelope) and
 //!   the request's JSON data ([`parse`]);
+//! - [`fanout`]: pushes to a room's members, one message per gateway
+//!   holding members (used by rooms and presence);
 //! - [`push`]: frames to one connection (the `{"event","data"}` builder lives
 //!   in `switchboard_shared::frames`);
 //! - [`conns`]: the connection-gone marker that lets a `CONNECTED` processed
@@ -15,6 +17,7 @@
 
 pub mod caller;
 pub mod conns;
+pub mod fanout;
 pub mod push;
 pub mod runner;
 

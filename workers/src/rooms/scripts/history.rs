@@ -3,12 +3,13 @@
 use std::sync::LazyLock;
 
 use deadpool_redis::redis::{Script, Value};
-use switchboard_shared::ids::UserId;
+use switchboard_shared::ids::{GatewayId, UserId};
 use switchboard_shared::keys::RoomKeys;
 use switchboard_shared::members::{ConnMember, PublishedId};
 
 use super::{Conn, bool_arg, count, reply};
 use crate::error::ServiceError;
+use crate::service::fanout::gateways;
 
 /// ARGV: member field, now_ms, json head, json tail, history_max, cutoff_ms,
 /// user, no-echo member ('' when the sender wants its message back),
@@ -23,13 +24,16 @@ use crate::error::ServiceError;
 /// dropped from `msg_ids` and `msg_id_times`, at most 64 per call (each call
 /// adds at most one), so both keys hold about one window of ids.
 ///
-/// Returns {1, seq, message} when stored, {0, seq, ts_ms} for an id already
-/// published (seq and time of that publish), {-4, 0, ''} when the connection
-/// is not a member.
+/// Returns {1, seq, message, gateways} when stored, {0, seq, ts_ms, {}} for
+/// an id already published (seq and time of that publish; nothing is sent
+/// again), {-4, 0, '', {}} when the connection is not a member. `gateways`
+/// are the room's gateways (`HKEYS gateways`), read with the seq: a gateway
+/// that gains its first member after this script catches up from the
+/// history this script wrote.
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {-4, 0, ''} end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {-4, 0, '', {}} end
 local stale = redis.call('ZRANGEBYSCORE', KEYS[9], '-inf', '(' .. ARGV[10], 'LIMIT', 0, 64)
 if #stale > 0 then
   redis.call('HDEL', KEYS[8], unpack(stale))
@@ -39,7 +43,7 @@ if ARGV[9] ~= '' then
   local seen = redis.call('HGET', KEYS[8], ARGV[9])
   if seen then
     local s, t = string.match(seen, '^(%d+):(%d+)$')
-    if s and tonumber(t) >= tonumber(ARGV[10]) then return {0, tonumber(s), t} end
+    if s and tonumber(t) >= tonumber(ARGV[10]) then return {0, tonumber(s), t, {}} end
   end
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
@@ -60,7 +64,7 @@ if ARGV[9] ~= '' then
   redis.call('HSET', KEYS[8], ARGV[9], seq .. ':' .. ARGV[2])
   redis.call('ZADD', KEYS[9], ARGV[2], ARGV[9])
 end
-return {1, seq, m}
+return {1, seq, m, redis.call('HKEYS', KEYS[10])}
 "#,
     )
 });
@@ -122,11 +126,12 @@ pub struct NewMessage<'a> {
     pub dedupe_since_ms: u64,
 }
 
+/// Stores `m`; returns what happened and the room's gateways at its seq.
 pub async fn publish(
     r: &mut Conn,
     k: &RoomKeys,
     m: NewMessage<'_>,
-) -> Result<Publish, ServiceError> {
+) -> Result<(Publish, Vec<GatewayId>), ServiceError> {
     let v: Value = PUBLISH
         .key(k.all().as_slice())
         .arg(m.member.to_string())
@@ -145,7 +150,8 @@ pub async fn publish(
         .arg(m.dedupe_since_ms)
         .invoke_async(r)
         .await?;
-    Publish::decode(reply("PUBLISH", &v)?)
+    let (status, seq, payload, gws): (i64, i64, String, Vec<String>) = reply("PUBLISH", &v)?;
+    Ok((Publish::decode((status, seq, payload))?, gateways(gws)))
 }
 
 /// ARGV: start id, end id, count, reverse (0/1).

@@ -67,9 +67,11 @@ pub async fn create(r: &mut Conn, k: &RoomKeys, room: NewRoom<'_>) -> Result<Cre
     Create::decode(reply("CREATE", &v)?)
 }
 
-/// ARGV: member field (`gw:conn`), user, granted (0/1). A private room
-/// also admits users listed in its meta as `allow:<user>` (rooms made for
-/// them by another service, e.g. matchmaking; see `RoomKeys::allow_field`).
+/// ARGV: member field (`gw:conn`), user, granted (0/1), the member's
+/// gateway. A private room also admits users listed in its meta as
+/// `allow:<user>` (rooms made for them by another service, e.g. matchmaking;
+/// see `RoomKeys::allow_field`). A connection newly added counts once in
+/// its gateway's entry of `gateways` (what the room's pushes are sent to).
 /// Returns {status, head_seq, member_count, new_user (0/1)}.
 static JOIN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -86,6 +88,7 @@ local mine = tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '0')
 if mine == 0 and max > 0 and redis.call('HLEN', KEYS[3]) >= max then return {-2, 0, 0, 0} end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+redis.call('HINCRBY', KEYS[10], ARGV[4], 1)
 for i = 1, #KEYS do redis.call('PERSIST', KEYS[i]) end
 local new = 0
 if mine == 0 then new = 1 end
@@ -140,13 +143,16 @@ pub async fn join(
         .arg(member.to_string())
         .arg(user.as_str())
         .arg(bool_arg(granted))
+        .arg(member.gw.as_str())
         .invoke_async(r)
         .await?;
     Join::decode(reply("JOIN", &v)?)
 }
 
-/// ARGV: member field, idle_ttl_secs. A room left empty expires after
-/// idle_ttl_secs unless someone joins again.
+/// ARGV: member field, idle_ttl_secs, the member's gateway. A room left
+/// empty expires after idle_ttl_secs unless someone joins again. A
+/// connection really removed no longer counts in its gateway's entry of
+/// `gateways`, which goes at 0.
 /// Returns {status (1 left, 0 was not in), member_count, user_gone (0/1), user}.
 static LEAVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -154,6 +160,7 @@ static LEAVE: LazyLock<Script> = LazyLock::new(|| {
 local user = redis.call('HGET', KEYS[2], ARGV[1])
 if not user then return {0, redis.call('HLEN', KEYS[3]), 0, ''} end
 redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('HINCRBY', KEYS[10], ARGV[3], -1) <= 0 then redis.call('HDEL', KEYS[10], ARGV[3]) end
 local gone = 0
 if redis.call('HINCRBY', KEYS[3], user, -1) <= 0 then
   redis.call('HDEL', KEYS[3], user)
@@ -219,6 +226,7 @@ pub async fn leave(
         .key(k.all().as_slice())
         .arg(member.to_string())
         .arg(idle_ttl_secs)
+        .arg(member.gw.as_str())
         .invoke_async(r)
         .await?;
     Leave::decode(reply("LEAVE", &v)?)

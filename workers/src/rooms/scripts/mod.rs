@@ -1,7 +1,7 @@
 //! Lua scripts for the rooms service and their typed results. Each script
 //! touches only the keys of one hash tag, so it is atomic and Redis-Cluster
 //! safe. The room scripts' KEYS are always `meta, conns, users, history,
-//! read, delivered, reactions, msg_ids, msg_id_times` (see
+//! read, delivered, reactions, msg_ids, msg_id_times, gateways` (see
 //! `switchboard_shared::keys::RoomKeys::all`); the quota scripts take the
 //! one set they count in.
 //!
