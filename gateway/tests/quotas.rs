@@ -37,6 +37,17 @@ fn app_quotas(cfg: &mut Config, app: &str, q: AppQuotas) {
     cfg.quotas.apps.insert(app.into(), q);
 }
 
+/// A stack whose app `demo` has quotas `q`, workers of `services` and one
+/// gateway.
+async fn demo_with(q: AppQuotas, services: &[&str]) -> (Stack, Config, Workers, Gateway) {
+    let stack = Stack::start();
+    let mut cfg = stack.config();
+    app_quotas(&mut cfg, "demo", q);
+    let w = Workers::start(cfg.clone(), services).await;
+    let gw = Gateway::start(cfg.clone()).await;
+    (stack, cfg, w, gw)
+}
+
 /// The error of a request that must be refused over quota `limit` of
 /// `value`; returns the whole error object.
 async fn over(c: &mut Client, op: &str, data: Value, limit: &str, value: u64) -> Value {
@@ -68,18 +79,14 @@ async fn eventually_ok(c: &mut Client, op: &str, data: Value, within: Duration) 
 
 #[tokio::test]
 async fn a_connection_past_its_rooms_is_refused_holds_nothing_for_them_and_a_leave_frees_one() {
-    let stack = Stack::start();
-    let mut cfg = stack.config();
-    app_quotas(
-        &mut cfg,
-        "demo",
+    let (_stack, cfg, _w, gw) = demo_with(
         AppQuotas {
             rooms_per_connection: Some(20),
             ..AppQuotas::default()
         },
-    );
-    let _w = Workers::start(cfg.clone(), &["rooms"]).await;
-    let gw = Gateway::start(cfg.clone()).await;
+        &["rooms"],
+    )
+    .await;
     let mut a = connect(&gw, &cfg, "demo", "alice").await;
     let mut b = connect(&gw, &cfg, "demo", "bob").await;
     for i in 0..25 {
@@ -308,18 +315,14 @@ async fn room_creation_per_user_holds_exactly_across_two_gateways_and_two_replic
 
 #[tokio::test]
 async fn presence_subscriptions_past_the_cap_are_refused_whole() {
-    let stack = Stack::start();
-    let mut cfg = stack.config();
-    app_quotas(
-        &mut cfg,
-        "demo",
+    let (_stack, cfg, _w, gw) = demo_with(
         AppQuotas {
             presence_subscriptions_per_connection: Some(3),
             ..AppQuotas::default()
         },
-    );
-    let _w = Workers::start(cfg.clone(), &["presence"]).await;
-    let gw = Gateway::start(cfg.clone()).await;
+        &["presence"],
+    )
+    .await;
     let mut watcher = registered(&gw, &cfg, "demo", "watcher").await;
     watcher
         .ok("presence.subscribe", json!({"users": ["a", "b"]}))
@@ -364,18 +367,14 @@ async fn presence_subscriptions_past_the_cap_are_refused_whole() {
 
 #[tokio::test]
 async fn signalling_in_too_many_rooms_at_once_is_refused_until_one_ends() {
-    let stack = Stack::start();
-    let mut cfg = stack.config();
-    app_quotas(
-        &mut cfg,
-        "demo",
+    let (_stack, cfg, _w, gw) = demo_with(
         AppQuotas {
             signal_rooms_per_connection: Some(2),
             ..AppQuotas::default()
         },
-    );
-    let _w = Workers::start(cfg.clone(), &["rooms"]).await;
-    let gw = Gateway::start(cfg.clone()).await;
+        &["rooms"],
+    )
+    .await;
     let mut a = connect(&gw, &cfg, "demo", "typist").await;
     for r in ["s1", "s2", "s3"] {
         a.ok("rooms.create", json!({"room": r})).await;
