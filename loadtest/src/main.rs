@@ -7,6 +7,8 @@
 //! switchboard-loadtest fanout  --url ... --members 1000 --rate 100
 //! switchboard-loadtest rtt     --url ... --connections 32 [--rate 5000] [--op rooms.info]
 //! switchboard-loadtest matchmaking --url ... --redis-url redis://127.0.0.1:6379 --waiting 100000
+//! switchboard-loadtest reconnect --gateway-bin target/release/switchboard-gateway \
+//!     --workers-bin target/release/switchboard-workers --nats-url ... --redis-url ... --clients 10000
 //! switchboard-loadtest b1-server --listen 127.0.0.1:18081
 //! switchboard-loadtest b2-relay  --listen 127.0.0.1:18082 --nats nats://127.0.0.1:14223
 //! switchboard-loadtest b2-echo-worker --nats nats://127.0.0.1:14223
@@ -26,6 +28,7 @@ mod conn;
 mod metrics;
 mod net;
 mod report;
+mod rng;
 mod scenarios;
 mod servers;
 mod suite;
@@ -57,6 +60,8 @@ enum Command {
     Rtt(scenarios::rtt::Args),
     /// Matching with many tickets waiting (seeded in Redis): newcomer latency, tickets/s.
     Matchmaking(scenarios::matchmaking::Args),
+    /// A gateway killed under load: its clients' resume times, messages missed.
+    Reconnect(scenarios::reconnect::Args),
     /// Every scenario against every target; writes the report.
     Suite(Box<suite::Args>),
     /// Render a suite's Markdown report again from its JSON.
@@ -87,7 +92,7 @@ enum Command {
     ConnectChild(scenarios::connect::ChildArgs),
 }
 
-fn check_nats_url(url: &str) -> anyhow::Result<()> {
+pub fn check_nats_url(url: &str) -> anyhow::Result<()> {
     for part in url.split(',') {
         let hostport = part
             .trim()
@@ -115,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Fanout(a) => scenarios::fanout::main(a).await,
         Command::Rtt(a) => scenarios::rtt::main(a).await,
         Command::Matchmaking(a) => scenarios::matchmaking::main(a).await,
+        Command::Reconnect(a) => scenarios::reconnect::main(a).await,
         Command::Suite(a) => suite::main(*a).await,
         Command::Report(a) => suite::render(&a),
         Command::B1Server { listen } => servers::b1::run(net::loopback_listen(&listen)?).await,

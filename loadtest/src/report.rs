@@ -135,6 +135,26 @@ fn rows(s: &Suite) -> Vec<Row> {
             |t| pick(t, m.newcomer_latency.max_ms),
         ));
     }
+    if let Some(x) = &r.reconnect {
+        let pick = |t: &str, v: f64| (t == "switchboard").then_some(v);
+        let k = x.killed_clients;
+        v.push(row(
+            &format!("reconnect: kill → first message p50 ms ({k} clients)"),
+            0,
+            |t| pick(t, x.first_message.p50_ms),
+        ));
+        v.push(row(
+            &format!("reconnect: kill → first message p99 ms ({k} clients)"),
+            0,
+            |t| pick(t, x.first_message.p99_ms),
+        ));
+        v.push(row("reconnect: messages missed (all clients)", 0, |t| {
+            pick(t, x.missed as f64)
+        }));
+        v.push(row("reconnect: duplicates (all clients)", 0, |t| {
+            pick(t, x.duplicates as f64)
+        }));
+    }
     // Scenarios that did not run leave no empty rows.
     v.retain(|r| r.vals.iter().any(Option::is_some));
     v
@@ -337,6 +357,39 @@ pub fn checks(s: &Suite) -> Vec<Check> {
             met: x.map(|(_, _, k)| k >= 10.0),
         });
     }
+    if let Some(x) = &r.reconnect {
+        out.push(Check {
+            name: "reconnect after a gateway kill: kill → first message after resume, p99",
+            measured: format!(
+                "{:.0} ms over {} of {} killed clients ({} ms jittered backoff: its p99 {:.0} ms)",
+                x.first_message.p99_ms,
+                x.resumed,
+                x.killed_clients,
+                x.backoff_max_ms,
+                x.backoff.p99_ms
+            ),
+            goal: "< 2 s".into(),
+            met: Some(x.p99_met() && x.resumed == x.killed_clients),
+        });
+        out.push(Check {
+            name: "reconnect: messages missed, all clients",
+            measured: format!(
+                "{} of {} owed ({} on the killed gateway, {} on the survivor)",
+                x.missed, x.expected, x.missed_killed, x.missed_surviving
+            ),
+            goal: "0".into(),
+            met: Some(x.missed == 0 && x.expected > 0),
+        });
+        out.push(Check {
+            name: "reconnect: messages received twice, all clients",
+            measured: format!(
+                "{} ({} on the killed gateway, {} on the survivor)",
+                x.duplicates, x.duplicates_killed, x.duplicates_surviving
+            ),
+            goal: "0".into(),
+            met: Some(x.duplicates == 0),
+        });
+    }
     let big = r
         .connect
         .get("switchboard")
@@ -358,6 +411,58 @@ pub fn checks(s: &Suite) -> Vec<Check> {
         met: big.map(|c| c.held_at_end == c.requested && c.failed == 0 && c.dropped.is_empty()),
     });
     out
+}
+
+fn reconnect_section(md: &mut String, x: &crate::scenarios::reconnect::Report) {
+    let _ = writeln!(
+        md,
+        "## Reconnect after a gateway kill (Switchboard only, no baseline)\n"
+    );
+    let _ = writeln!(md, "| figure | p50 | p99 | max |\n|---|---:|---:|---:|");
+    for (label, l) in [
+        ("kill → socket seen closed", &x.noticed),
+        ("jittered wait drawn (policy)", &x.backoff),
+        ("kill → resume `rooms.join` answered", &x.resumed_at),
+        ("kill → first message after resume", &x.first_message),
+    ] {
+        let _ = writeln!(
+            md,
+            "| {label} | {:.0} ms | {:.0} ms | {:.0} ms |",
+            l.p50_ms, l.p99_ms, l.max_ms
+        );
+    }
+    let _ = writeln!(md, "\n| count | value |\n|---|---:|");
+    for (label, v) in [
+        ("members joined", x.clients_joined as u64),
+        ("members on the killed gateway", x.killed_clients as u64),
+        ("resumed on the survivor", x.resumed as u64),
+        ("connect attempts after the kill", x.attempts),
+        (
+            "resumed without a message afterwards (join reply counted)",
+            x.no_message_after_resume as u64,
+        ),
+        ("messages published", x.published),
+        (
+            "deliveries owed (every member, every seq after its join)",
+            x.expected,
+        ),
+        ("delivered", x.delivered),
+        ("missed", x.missed),
+        ("received twice", x.duplicates),
+        ("out of order", x.out_of_order),
+        ("`gap` pushes", x.gaps),
+        (
+            "members short of the head when the drain ended",
+            x.incomplete as u64,
+        ),
+    ] {
+        let _ = writeln!(md, "| {label} | {v} |");
+    }
+    let _ = writeln!(
+        md,
+        "\nSeed of the backoff draws: {}. Errors: {:?}; unexpected drops: {:?}; publish errors: {:?}. Setup (connect, join, quiet) {:.1} s; drain {:.1} s.\n",
+        x.seed, x.errors, x.unexpected_drops, x.publish_errors, x.setup_s, x.drain_s
+    );
 }
 
 /// Noise of one scenario × target: the share of the machine (percent) that
@@ -517,6 +622,13 @@ pub fn markdown(s: &Suite) -> String {
             m.waiting, m.newcomer_pairs, m.compatible
         );
     }
+    if let Some(x) = &r.reconnect {
+        let _ = writeln!(
+            md,
+            "- `reconnect` (Switchboard only, no baseline: B1, B2 and the peer have no resume): {} clients over two gateway processes, in {} rooms (members of every room on both gateways), one publisher per room on the surviving gateway at {} msg/s; one gateway SIGKILLed after {} s of publishing, {} s more publishing after the kill. Reconnect policy: {}.",
+            x.clients, x.rooms, x.rate, x.warmup_s, x.after_kill_s, x.backoff_policy
+        );
+    }
     let _ = writeln!(md);
     let _ = writeln!(md, "## Results\n");
     if p.repeat > 1 {
@@ -574,6 +686,9 @@ pub fn markdown(s: &Suite) -> String {
                 .map_or("–".into(), |x| format!("{x:.0} CPU-s"))
         );
         let _ = writeln!(md, "| seeding the waiting tickets | {:.2} s |\n", m.seed_s);
+    }
+    if let Some(x) = &r.reconnect {
+        reconnect_section(&mut md, x);
     }
     let _ = writeln!(md, "## Targets (reported, not asserted)\n");
     let _ = writeln!(

@@ -9,6 +9,7 @@ pub mod connect;
 pub mod fanout;
 pub mod matchmaking;
 pub mod pairs;
+pub mod reconnect;
 pub mod rtt;
 
 use std::collections::BTreeMap;
