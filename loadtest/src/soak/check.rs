@@ -311,15 +311,15 @@ pub async fn presence(
         }
         let now = Instant::now();
         let mut wrong = Vec::new();
-        for i in 0..n {
+        for (i, reported) in overdue_reported.iter_mut().enumerate() {
             let Some(want) = expected(i) else { continue };
             let got = truth.get(&i).map_or("?", String::as_str);
             if got == want {
                 continue;
             }
             let overdue = leave_times.get(&i).is_some_and(|t| now > *t + bound);
-            if overdue && !overdue_reported[i] {
-                overdue_reported[i] = true;
+            if overdue && !*reported {
+                *reported = true;
                 sh.violation(
                     "presence",
                     format!("u{i} left over {bound:?} ago but is still {got}"),

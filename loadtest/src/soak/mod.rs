@@ -40,11 +40,11 @@ pub struct Args {
     #[arg(long)]
     pub workers_bin: PathBuf,
     /// Seconds of load (the end checks come after, at most about a minute).
-    #[arg(long, env = "SOAK_SECONDS", default_value_t = 180)]
+    #[arg(long, default_value_t = 180)]
     pub seconds: u64,
     /// Seed of the fault schedule and of every client's choices (default:
     /// fresh; printed, so a run can be repeated).
-    #[arg(long, env = "SOAK_SEED")]
+    #[arg(long)]
     pub seed: Option<u64>,
     #[arg(long, default_value_t = 200)]
     pub clients: usize,
@@ -78,7 +78,7 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     let cooldown = bound + Duration::from_secs(10);
     let plan = faults::plan(seed, total, WARMUP, cooldown, timing);
     eprintln!(
-        "soak: seed {seed} (repeat with SOAK_SEED={seed}), {} s of load, {} clients in {} rooms, {} faults planned:",
+        "soak: seed {seed} (repeat with `make soak SOAK_SEED={seed}`), {} s of load, {} clients in {} rooms, {} faults planned:",
         total.as_secs(),
         args.clients,
         args.rooms,
