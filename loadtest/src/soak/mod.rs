@@ -176,6 +176,8 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     }
     monitor.abort();
     status.abort();
+    // The monitor holds the cluster: let it go before the processes are stopped.
+    let _ = monitor.await;
     // A last look for crashes.
     for c in cluster.lock().await.crashes() {
         sh.violation("crash", c);

@@ -155,7 +155,7 @@ impl Report {
 }
 
 pub async fn main(args: Args) -> anyhow::Result<()> {
-    let r = run(&args, &Servers::default()).await?;
+    let r = run(&args).await?;
     print_summary(&r);
     super::emit(&r, args.json.as_deref())
 }
@@ -206,13 +206,12 @@ pub async fn in_suite(s: &crate::suite::Args, back: &[u32]) -> anyhow::Result<Re
         app: s.app.clone(),
         json: None,
     };
-    run(&a, &Servers::default()).await
+    run(&a).await
 }
 
-/// Runs the scenario. `stack` names the already running processes (rooms
-/// worker, NATS, Redis) for CPU accounting; the gateways started here are
-/// added to it.
-pub async fn run(args: &Args, stack: &Servers) -> anyhow::Result<Report> {
+/// Runs the scenario: starts the gateways (and the presence worker), drives
+/// the clients, stops what it started.
+pub async fn run(args: &Args) -> anyhow::Result<Report> {
     crate::check_nats_url(&args.nats_url)?;
     anyhow::ensure!(args.rooms > 0 && args.clients > 0, "need rooms and clients");
     let need = args.clients + args.rooms + 64;
@@ -260,8 +259,7 @@ pub async fn run(args: &Args, stack: &Servers) -> anyhow::Result<Report> {
         )?),
         None => None,
     };
-    let mut back = stack.back.clone();
-    back.extend(args.stack_pids.iter().copied());
+    let mut back = args.stack_pids.clone();
     back.extend(presence.as_ref().map(|p| p.process.pid()));
     let servers = Servers {
         front: vec![survivor.process.pid(), doomed.process.pid()],
@@ -386,12 +384,12 @@ async fn drive(
             member::run(&ctx, i, room, name, i % 2 == 1, rd, wr).await
         }));
     }
-    let join_deadline = Instant::now() + Duration::from_secs(120);
+    let join_deadline = Instant::now() + Duration::from_secs(60);
     while ctx.joined.load(Ordering::Acquire) < spawned && Instant::now() < join_deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Let the member_joined storm settle before the clock starts.
-    spec.servers.wait_quiet(0.1, Duration::from_secs(20)).await;
+    spec.servers.wait_quiet(0.1, Duration::from_secs(15)).await;
     let setup_s = started.elapsed().as_secs_f64();
 
     // Steady publishing; the kill after the warm-up.
