@@ -463,6 +463,16 @@ fn reconnect_section(md: &mut String, x: &crate::scenarios::reconnect::Report) {
         "\nSeed of the backoff draws: {}. Errors: {:?}; unexpected drops: {:?}; publish errors: {:?}. Setup (connect, join, quiet) {:.1} s; drain {:.1} s.\n",
         x.seed, x.errors, x.unexpected_drops, x.publish_errors, x.setup_s, x.drain_s
     );
+    let c = &x.cpu;
+    let _ = writeln!(
+        md,
+        "CPU from the kill to the end of the drain ({:.1} s): surviving gateway {:.1} CPU-s, whole stack (gateway, workers, NATS, Redis) {:.1} CPU-s, load generator {:.1} CPU-s; other processes and hypervisor steal took {:.0} % of the machine.\n",
+        c.wall_s,
+        c.front_s,
+        c.stack_s,
+        c.client_s,
+        crate::suite::noise_pct(c)
+    );
 }
 
 /// Noise of one scenario × target: the share of the machine (percent) that
