@@ -422,6 +422,7 @@ fn reconnect_section(md: &mut String, x: &crate::scenarios::reconnect::Report) {
     for (label, l) in [
         ("kill → socket seen closed", &x.noticed),
         ("jittered wait drawn (policy)", &x.backoff),
+        ("kill → `welcome` from the survivor", &x.connected),
         ("kill → resume `rooms.join` answered", &x.resumed_at),
         ("kill → first message after resume", &x.first_message),
     ] {

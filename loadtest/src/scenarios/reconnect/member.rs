@@ -75,6 +75,8 @@ pub struct Outcome {
     pub noticed_us: Option<u64>,
     /// The first reconnect's drawn wait (µs).
     pub backoff_us: Option<u64>,
+    /// Kill → `welcome` on the survivor (µs).
+    pub connected_us: Option<u64>,
     /// Kill → reply to the resume `rooms.join` (µs).
     pub resumed_us: Option<u64>,
     /// Kill → first message after the resume (µs).
@@ -265,6 +267,9 @@ async fn reconnect(
                 continue;
             }
         };
+        if by_kill {
+            out.connected_us = since_kill(ctx);
+        }
         // Resume: every seq after the highest one seen.
         for n in 0..JOIN_ATTEMPTS {
             let id = 2 + u64::from(n);

@@ -112,6 +112,9 @@ pub struct Report {
     pub noticed: Latency,
     /// The drawn wait before the first reconnect.
     pub backoff: Latency,
+    /// Kill → `welcome` from the survivor (the handshake done).
+    #[serde(default)]
+    pub connected: Latency,
     /// Kill → reply to the resume `rooms.join`.
     pub resumed_at: Latency,
     /// Kill → first message received after the resume: the headline figure.
@@ -500,6 +503,7 @@ fn tally(
 ) -> Report {
     let (mut noticed, mut backoff, mut resumed_at, mut first) =
         (histogram(), histogram(), histogram(), histogram());
+    let mut connected = histogram();
     let rec = |h: &mut Histogram<u64>, us: u64| h.saturating_record(us.max(1));
     let mut r = Report {
         target: Target::Switchboard.name().to_owned(),
@@ -522,6 +526,7 @@ fn tally(
         attempts: 0,
         noticed: Latency::default(),
         backoff: Latency::default(),
+        connected: Latency::default(),
         resumed_at: Latency::default(),
         first_message: Latency::default(),
         no_message_after_resume: 0,
@@ -589,6 +594,9 @@ fn tally(
             if let Some(b) = o.backoff_us {
                 rec(&mut backoff, b);
             }
+            if let Some(c) = o.connected_us {
+                rec(&mut connected, c);
+            }
             if let Some(j) = o.resumed_us {
                 r.resumed += 1;
                 rec(&mut resumed_at, j);
@@ -602,6 +610,7 @@ fn tally(
     }
     r.noticed = Latency::of(&noticed);
     r.backoff = Latency::of(&backoff);
+    r.connected = Latency::of(&connected);
     r.resumed_at = Latency::of(&resumed_at);
     r.first_message = Latency::of(&first);
     r.errors = errors;
