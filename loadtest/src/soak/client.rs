@@ -31,6 +31,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// `timeout` after 5 s).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(12);
 
+/// Refusals a fault explains: a dependency down, a request lost with a
+/// worker, a connection the cluster already forgot. Others are printed.
+const EXPECTED_REFUSALS: [&str; 5] = [
+    "unavailable",
+    "service_unavailable",
+    "timeout",
+    "not_member",
+    "rate_limited",
+];
+
 /// What one client does.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -339,10 +349,18 @@ impl Client {
                                 })
                             });
                         }
-                        _ => sh.with(|l| {
-                            *l.refused.entry(code).or_default() += 1;
-                            l.unknown.push((self.plan.room, self.i, n));
-                        }),
+                        _ => {
+                            if !EXPECTED_REFUSALS.contains(&code.as_str()) {
+                                sh.note(format!(
+                                    "u{}: rooms.publish answered {code}: {}",
+                                    self.i, v["error"]["message"]
+                                ));
+                            }
+                            sh.with(|l| {
+                                *l.refused.entry(code).or_default() += 1;
+                                l.unknown.push((self.plan.room, self.i, n));
+                            });
+                        }
                     }
                 }
                 Req::Subscribe if ok => {

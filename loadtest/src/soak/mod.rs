@@ -59,6 +59,9 @@ pub struct Args {
     /// Notifications sent per second by the backend.
     #[arg(long, default_value_t = 2.0)]
     pub notification_rate: f64,
+    /// Keep the processes' logs even when nothing was violated.
+    #[arg(long)]
+    pub keep_logs: bool,
     /// Also write the summary to this file.
     #[arg(long)]
     pub summary: Option<PathBuf>,
@@ -196,7 +199,11 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         eprintln!("soak: logs kept in {}", dir.display());
         anyhow::bail!("{violations} violation(s)");
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    if args.keep_logs {
+        eprintln!("soak: logs kept in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(())
 }
 
@@ -352,6 +359,11 @@ fn summary(
         c.notifications_sent.load(Ordering::Relaxed)
     );
     let _ = writeln!(s, "presence converged {presence_s:.1} s into the end check");
+    let notes = sh.with(|l| l.notes.clone());
+    let _ = writeln!(s, "notes (no invariant broken): {}", notes.len());
+    for n in notes.iter().take(10) {
+        let _ = writeln!(s, "  {n}");
+    }
     let violations = sh.with(|l| l.violations.clone());
     let mut kinds: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
     for (k, _) in &violations {

@@ -58,6 +58,8 @@ pub struct Ledger {
     pub notifications: Vec<(usize, String)>,
     pub notifications_unknown: u64,
     pub violations: Vec<(&'static str, String)>,
+    /// Things worth a look that break no invariant (an `internal` answer).
+    pub notes: Vec<String>,
 }
 
 /// Live counters for the status line and the summary.
@@ -137,6 +139,17 @@ impl Shared {
         });
         if shown {
             eprintln!("[{:>6.1} s] VIOLATION {kind}: {detail}", self.elapsed_s());
+        }
+    }
+
+    /// Records a remark (printed, the first 20) that is not a violation.
+    pub fn note(&self, detail: String) {
+        let shown = self.with(|l| {
+            l.notes.push(detail.clone());
+            l.notes.len() <= 20
+        });
+        if shown {
+            eprintln!("[{:>6.1} s] note: {detail}", self.elapsed_s());
         }
     }
 
