@@ -1,5 +1,5 @@
 # Switchboard: the two commands are `make run` and `make test`.
-.PHONY: run test build release lint fmt token bench deps fuzz
+.PHONY: run test build release lint fmt token bench soak deps fuzz
 
 CARGO ?= cargo
 
@@ -38,6 +38,24 @@ token:
 ## Benchmarks against the baselines and the Socket.IO peer (release build).
 bench:
 	@bash loadtest/bench.sh
+
+## Soak: a whole cluster on loopback (NATS, durable Redis, two gateways, two
+## worker processes) under load for SOAK_SECONDS (default 180, then at most
+## about a minute of end checks) while a seeded schedule kills, pauses and
+## restarts its parts; invariants are checked throughout and at the end. Prints
+## a summary; non-zero on any violation. Release build; not part of `make test`.
+## Repeat a run with the seed it printed: make soak SOAK_SEED=<seed>.
+## SOAK_SUMMARY=<file> also writes the summary there.
+SOAK_SECONDS ?= 180
+SOAK_SEED ?=
+SOAK_SUMMARY ?=
+soak: deps
+	$(CARGO) build --release -q -p switchboard-gateway -p switchboard-workers -p switchboard-loadtest
+	@bin="$${CARGO_TARGET_DIR:-target}/release"; \
+	ulimit -n 65536 2>/dev/null || true; \
+	"$$bin/switchboard-loadtest" soak --gateway-bin "$$bin/switchboard-gateway" \
+		--workers-bin "$$bin/switchboard-workers" --seconds $(SOAK_SECONDS) \
+		$(if $(SOAK_SEED),--seed $(SOAK_SEED)) $(if $(SOAK_SUMMARY),--summary $(SOAK_SUMMARY))
 
 ## Fuzz every parser for FUZZ_SECONDS each (default 60), one target after the
 ## other; stops non-zero at the first crash (input saved in fuzz/artifacts/).

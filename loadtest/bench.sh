@@ -19,7 +19,11 @@
 #   BENCH_DM_USERS=500 BENCH_DM_ROOMS=20   dm (Switchboard only): users each in
 #                                 that many rooms, distinct then shared; its RSS
 #                                 figures want a fresh gateway: BENCH_SCENARIOS=dm
-#   BENCH_SCENARIOS=connect,pairs,fanout,rtt,matchmaking   (and/or dm)
+#   BENCH_RECONNECT_CLIENTS=10000 BENCH_RECONNECT_ROOMS=100   reconnect (Switchboard
+#                                 only): clients over two gateways of their own, one SIGKILLed
+#   BENCH_RECONNECT_RATE=2 BENCH_RECONNECT_BACKOFF_MS=1000   msgs/s per room; the
+#                                 killed clients' uniform reconnect jitter
+#   BENCH_SCENARIOS=connect,pairs,fanout,rtt,matchmaking,reconnect   (and/or dm)
 #   BENCH_TARGETS=switchboard,b1,b2,socketio
 #   BENCH_NAME=<date>-<nproc>core BENCH_OUT_DIR=loadtest/results
 #   BENCH_NOTE="free text recorded in the report"
@@ -48,7 +52,11 @@ MM_WAITING=${BENCH_MM_WAITING:-100000}
 MM_COMPATIBLE=${BENCH_MM_COMPATIBLE:-20000}
 DM_USERS=${BENCH_DM_USERS:-500}
 DM_ROOMS=${BENCH_DM_ROOMS:-20}
-SCENARIOS=${BENCH_SCENARIOS:-connect,pairs,fanout,rtt,matchmaking}
+RC_CLIENTS=${BENCH_RECONNECT_CLIENTS:-10000}
+RC_ROOMS=${BENCH_RECONNECT_ROOMS:-100}
+RC_RATE=${BENCH_RECONNECT_RATE:-2}
+RC_BACKOFF=${BENCH_RECONNECT_BACKOFF_MS:-1000}
+SCENARIOS=${BENCH_SCENARIOS:-connect,pairs,fanout,rtt,matchmaking,reconnect}
 TARGETS=${BENCH_TARGETS:-switchboard,b1,b2,socketio}
 NAME=${BENCH_NAME:-$(date -u +%Y-%m-%d)-$(nproc)core}
 OUT_DIR=${BENCH_OUT_DIR:-loadtest/results}
@@ -192,7 +200,12 @@ if want switchboard; then
   kill -0 "$WORKERS_PID" 2>/dev/null || die "workers (${SERVICES[*]}) exited; see $RUN_DIR/workers.log"
   SUITE_ARGS+=(--sb-url "${GW_URLS[0]}" --sb-front "${GW_PIDS[0]}"
                --sb-redis-url "redis://127.0.0.1:$REDIS_PORT"
-               --sb-back "$WORKERS_PID,$NATS_PID,$REDIS_PID")
+               --sb-back "$WORKERS_PID,$NATS_PID,$REDIS_PID"
+               # `reconnect` starts two gateways (one to kill) and a presence
+               # worker of its own against this NATS and Redis.
+               --sb-gateway-bin "$BIN/switchboard-gateway"
+               --sb-workers-bin "$BIN/switchboard-workers"
+               --sb-nats-url "nats://127.0.0.1:$NATS_PORT")
   if (( GATEWAYS > 1 )); then
     SUITE_ARGS+=(--sb-connect-urls "$(IFS=,; echo "${GW_URLS[*]}")"
                  --sb-connect-front "$(IFS=,; echo "${GW_PIDS[*]}")")
@@ -239,4 +252,6 @@ say "running the suite (scenarios: $SCENARIOS; targets: $TARGETS)"
   --duration "$DURATION" --repeat "$REPEAT" --scenarios "$SCENARIOS" \
   --mm-waiting "$MM_WAITING" --mm-compatible "$MM_COMPATIBLE" \
   --dm-users "$DM_USERS" --dm-rooms "$DM_ROOMS" \
+  --reconnect-clients "$RC_CLIENTS" --reconnect-rooms "$RC_ROOMS" \
+  --reconnect-rate "$RC_RATE" --reconnect-backoff-ms "$RC_BACKOFF" \
   "${SUITE_ARGS[@]}"

@@ -8,16 +8,20 @@
 //! switchboard-loadtest dm      --url ... --users 500 --rooms 20 --server-pid <gw>
 //! switchboard-loadtest rtt     --url ... --connections 32 [--rate 5000] [--op rooms.info]
 //! switchboard-loadtest matchmaking --url ... --redis-url redis://127.0.0.1:6379 --waiting 100000
+//! switchboard-loadtest reconnect --gateway-bin target/release/switchboard-gateway \
+//!     --workers-bin target/release/switchboard-workers --nats-url ... --redis-url ... --clients 10000
 //! switchboard-loadtest b1-server --listen 127.0.0.1:18081
 //! switchboard-loadtest b2-relay  --listen 127.0.0.1:18082 --nats nats://127.0.0.1:14223
 //! switchboard-loadtest b2-echo-worker --nats nats://127.0.0.1:14223
+//! switchboard-loadtest soak --gateway-bin ... --workers-bin ... [--seconds 180] [--seed N]
 //! switchboard-loadtest suite --out loadtest/results/NAME --sb-url ... --b1-url ...
 //! ```
 //!
 //! Codemap: [`net`] (loopback-only sockets and the client handshake),
 //! [`wire`] (each target's frames), [`conn`] (one client connection's
 //! tasks), [`metrics`] (HDR histograms, `/proc` sampling), [`scenarios`],
-//! [`servers`] (B1, B2), [`suite`] and [`report`].
+//! [`servers`] (B1, B2), [`suite`] and [`report`]; [`soak`] (faults on a
+//! schedule under load, with an invariant checker) and [`rng`].
 //!
 //! Only 127.0.0.0/8 is ever contacted or listened on; every scenario is
 //! bounded in connections, messages and time.
@@ -27,8 +31,10 @@ mod conn;
 mod metrics;
 mod net;
 mod report;
+mod rng;
 mod scenarios;
 mod servers;
+mod soak;
 mod suite;
 mod tokens;
 mod wire;
@@ -60,6 +66,11 @@ enum Command {
     Rtt(scenarios::rtt::Args),
     /// Matching with many tickets waiting (seeded in Redis): newcomer latency, tickets/s.
     Matchmaking(scenarios::matchmaking::Args),
+    /// A gateway killed under load: its clients' resume times, messages missed.
+    Reconnect(scenarios::reconnect::Args),
+    /// A whole cluster under load for a bounded time with faults on a seeded
+    /// schedule and an invariant checker (`make soak`); non-zero on a violation.
+    Soak(soak::Args),
     /// Every scenario against every target; writes the report.
     Suite(Box<suite::Args>),
     /// Render a suite's Markdown report again from its JSON.
@@ -90,7 +101,7 @@ enum Command {
     ConnectChild(scenarios::connect::ChildArgs),
 }
 
-fn check_nats_url(url: &str) -> anyhow::Result<()> {
+pub fn check_nats_url(url: &str) -> anyhow::Result<()> {
     for part in url.split(',') {
         let hostport = part
             .trim()
@@ -119,6 +130,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Dm(a) => scenarios::dm::main(a).await,
         Command::Rtt(a) => scenarios::rtt::main(a).await,
         Command::Matchmaking(a) => scenarios::matchmaking::main(a).await,
+        Command::Reconnect(a) => scenarios::reconnect::main(a).await,
+        Command::Soak(a) => soak::main(a).await,
         Command::Suite(a) => suite::main(*a).await,
         Command::Report(a) => suite::render(&a),
         Command::B1Server { listen } => servers::b1::run(net::loopback_listen(&listen)?).await,

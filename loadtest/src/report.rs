@@ -135,6 +135,26 @@ fn rows(s: &Suite) -> Vec<Row> {
             |t| pick(t, m.newcomer_latency.max_ms),
         ));
     }
+    if let Some(x) = &r.reconnect {
+        let pick = |t: &str, v: f64| (t == "switchboard").then_some(v);
+        let k = x.killed_clients;
+        v.push(row(
+            &format!("reconnect: kill → first message p50 ms ({k} clients)"),
+            0,
+            |t| pick(t, x.first_message.p50_ms),
+        ));
+        v.push(row(
+            &format!("reconnect: kill → first message p99 ms ({k} clients)"),
+            0,
+            |t| pick(t, x.first_message.p99_ms),
+        ));
+        v.push(row("reconnect: messages missed (all clients)", 0, |t| {
+            pick(t, x.missed as f64)
+        }));
+        v.push(row("reconnect: duplicates (all clients)", 0, |t| {
+            pick(t, x.duplicates as f64)
+        }));
+    }
     // Scenarios that did not run leave no empty rows.
     v.retain(|r| r.vals.iter().any(Option::is_some));
     v
@@ -337,6 +357,39 @@ pub fn checks(s: &Suite) -> Vec<Check> {
             met: x.map(|(_, _, k)| k >= 10.0),
         });
     }
+    if let Some(x) = &r.reconnect {
+        out.push(Check {
+            name: "reconnect after a gateway kill: kill → first message after resume, p99",
+            measured: format!(
+                "{:.0} ms over {} of {} killed clients ({} ms jittered backoff: its p99 {:.0} ms)",
+                x.first_message.p99_ms,
+                x.resumed,
+                x.killed_clients,
+                x.backoff_max_ms,
+                x.backoff.p99_ms
+            ),
+            goal: "< 2 s".into(),
+            met: Some(x.p99_met() && x.resumed == x.killed_clients),
+        });
+        out.push(Check {
+            name: "reconnect: messages missed, all clients",
+            measured: format!(
+                "{} of {} owed ({} on the killed gateway, {} on the survivor)",
+                x.missed, x.expected, x.missed_killed, x.missed_surviving
+            ),
+            goal: "0".into(),
+            met: Some(x.missed == 0 && x.expected > 0),
+        });
+        out.push(Check {
+            name: "reconnect: messages received twice, all clients",
+            measured: format!(
+                "{} ({} on the killed gateway, {} on the survivor)",
+                x.duplicates, x.duplicates_killed, x.duplicates_surviving
+            ),
+            goal: "0".into(),
+            met: Some(x.duplicates == 0),
+        });
+    }
     let big = r
         .connect
         .get("switchboard")
@@ -517,6 +570,13 @@ pub fn markdown(s: &Suite) -> String {
             m.waiting, m.newcomer_pairs, m.compatible
         );
     }
+    if let Some(x) = &r.reconnect {
+        let _ = writeln!(
+            md,
+            "- `reconnect` (Switchboard only, no baseline: B1, B2 and the peer have no resume): {} clients over two gateway processes, in {} rooms (members of every room on both gateways), one publisher per room on the surviving gateway at {} msg/s; one gateway SIGKILLed after {} s of publishing, {} s more publishing after the kill. Reconnect policy: {}.",
+            x.clients, x.rooms, x.rate, x.warmup_s, x.after_kill_s, x.backoff_policy
+        );
+    }
     let _ = writeln!(md);
     let _ = writeln!(md, "## Results\n");
     if p.repeat > 1 {
@@ -574,6 +634,9 @@ pub fn markdown(s: &Suite) -> String {
                 .map_or("–".into(), |x| format!("{x:.0} CPU-s"))
         );
         let _ = writeln!(md, "| seeding the waiting tickets | {:.2} s |\n", m.seed_s);
+    }
+    if let Some(x) = &r.reconnect {
+        crate::scenarios::reconnect::render::section(&mut md, x);
     }
     let _ = writeln!(md, "## Targets (reported, not asserted)\n");
     let _ = writeln!(

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::{CpuUse, Machine, Servers};
 use crate::report;
-use crate::scenarios::{Common, Spec, connect, dm, fanout, matchmaking, pairs, rtt};
+use crate::scenarios::{Common, Spec, connect, dm, fanout, matchmaking, pairs, reconnect, rtt};
 use crate::wire::Target;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -37,6 +37,15 @@ pub struct Args {
     /// Switchboard's Redis (loopback), for `matchmaking`'s seeding.
     #[arg(long)]
     pub sb_redis_url: Option<String>,
+    /// The gateway binary: `reconnect` starts (and kills) its own gateways.
+    #[arg(long)]
+    pub sb_gateway_bin: Option<PathBuf>,
+    /// The workers binary (`reconnect` starts a presence worker).
+    #[arg(long)]
+    pub sb_workers_bin: Option<PathBuf>,
+    /// Switchboard's NATS (loopback), for the gateways `reconnect` starts.
+    #[arg(long)]
+    pub sb_nats_url: Option<String>,
     /// Gateway URLs for `connect` only (several gateways when one process
     /// cannot hold the requested connections); default: `--sb-url`.
     #[arg(long, value_delimiter = ',')]
@@ -112,11 +121,24 @@ pub struct Args {
     pub dm_users: usize,
     #[arg(long, default_value_t = 20)]
     pub dm_rooms: usize,
-    /// Scenarios to run (connect, pairs, fanout, rtt, matchmaking, dm).
+    /// `reconnect`: room members spread over two gateways, one of which is killed.
+    #[arg(long, default_value_t = 10_000)]
+    pub reconnect_clients: usize,
+    /// `reconnect`: rooms (one publisher each, on the surviving gateway).
+    #[arg(long, default_value_t = 100)]
+    pub reconnect_rooms: usize,
+    /// `reconnect`: messages per second per room.
+    #[arg(long, default_value_t = 2.0)]
+    pub reconnect_rate: f64,
+    /// `reconnect`: upper end of the uniform wait before a killed client's
+    /// first reconnect, ms.
+    #[arg(long, default_value_t = 1000)]
+    pub reconnect_backoff_ms: u64,
+    /// Scenarios to run (connect, pairs, fanout, rtt, matchmaking, reconnect, dm).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "connect,pairs,fanout,rtt,matchmaking"
+        default_value = "connect,pairs,fanout,rtt,matchmaking,reconnect"
     )]
     pub scenarios: Vec<String>,
     #[arg(long, default_value = "demo")]
@@ -177,6 +199,9 @@ pub struct Results {
     /// Switchboard with a messenger's rooms (distinct and shared).
     #[serde(default)]
     pub dm: Option<dm::Report>,
+    /// Switchboard clients resuming after a gateway is killed.
+    #[serde(default)]
+    pub reconnect: Option<reconnect::Report>,
     /// Scenario failures: "scenario/target" → error.
     pub failures: BTreeMap<String, String>,
 }
@@ -527,6 +552,21 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
                 res.dm = Some(r);
             }
             Err(e) => fail(&mut res, "dm", *t, e),
+        }
+    }
+    if wants("reconnect")
+        && let Some((t, _, s)) = targets.iter().find(|(t, ..)| *t == Target::Switchboard)
+    {
+        eprintln!(
+            "== reconnect switchboard ({} clients, {} rooms)",
+            args.reconnect_clients, args.reconnect_rooms
+        );
+        match reconnect::in_suite(&args, &s.back).await {
+            Ok(r) => {
+                reconnect::print_summary(&r);
+                res.reconnect = Some(r);
+            }
+            Err(e) => fail(&mut res, "reconnect", *t, e),
         }
     }
 

@@ -91,6 +91,26 @@ pub fn join(target: Target, id: u64, room: &str) -> String {
     }
 }
 
+/// Switchboard `rooms.join` resuming after `after` (the last seq seen).
+pub fn join_after(id: u64, room: &str, after: u64) -> String {
+    format!(
+        "{{\"id\":{id},\"op\":\"rooms.join\",\"data\":{{\"room\":\"{room}\",\"after\":{after}}}}}"
+    )
+}
+
+/// Switchboard `rooms.info` (its reply carries the room's head `seq`).
+pub fn room_info(id: u64, room: &str) -> String {
+    format!("{{\"id\":{id},\"op\":\"rooms.info\",\"data\":{{\"room\":\"{room}\"}}}}")
+}
+
+/// The unsigned integer after the first `key` (e.g. `"seq":`) in a frame.
+/// Room and user ids cannot contain quotes, so in a Switchboard `message`
+/// push or a join/info reply the first `"seq":` is the room's.
+pub fn number_after(f: &[u8], key: &[u8]) -> Option<u64> {
+    let pos = f.windows(key.len()).position(|w| w == key)?;
+    digits(&f[pos + key.len()..]).0
+}
+
 /// A publish stamped `t_us` (also the request id where there is one).
 pub fn publish(target: Target, room: &str, t_us: u64, sender: u32) -> String {
     let p = payload(t_us, sender);
@@ -294,6 +314,14 @@ mod tests {
             serde_json::from_str(&request(Target::Switchboard, 9, "rooms.info", "r"))
                 .unwrap_or_default();
         assert_eq!(v["op"], "rooms.info");
+        let v: serde_json::Value =
+            serde_json::from_str(&join_after(3, "r", 17)).unwrap_or_default();
+        assert_eq!(v["data"]["after"], 17);
+        let v: serde_json::Value = serde_json::from_str(&room_info(4, "r")).unwrap_or_default();
+        assert_eq!(v["data"]["room"], "r");
+        let m = br#"{"event":"message","data":{"room":"r","seq":31,"from":"u","ts":9,"data":{"t":1,"s":0}}}"#;
+        assert_eq!(number_after(m, b"\"seq\":"), Some(31));
+        assert_eq!(number_after(b"{}", b"\"seq\":"), None);
     }
 
     #[test]

@@ -246,7 +246,7 @@ impl Drop for GatewayProcess {
 }
 
 /// Whether `GET /readyz` answers 200.
-async fn ready(addr: SocketAddr) -> bool {
+pub(crate) async fn ready(addr: SocketAddr) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
         return false;

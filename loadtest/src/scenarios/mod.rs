@@ -10,6 +10,7 @@ pub mod dm;
 pub mod fanout;
 pub mod matchmaking;
 pub mod pairs;
+pub mod reconnect;
 pub mod rtt;
 
 use std::collections::BTreeMap;
