@@ -77,7 +77,8 @@ impl ServiceError {
                 if e.is_connection_dropped()
                     || e.is_connection_refusal()
                     || e.is_io_error()
-                    || e.is_timeout() =>
+                    || e.is_timeout()
+                    || redis_says_retry(e) =>
             {
                 ErrorKind::Unavailable
             }
@@ -123,6 +124,20 @@ impl<T, E: Into<ServiceError>> LogFailure for Result<T, E> {
     }
 }
 
+/// Redis answers, but asks to be tried again later: it is still loading its
+/// data after a restart (`LOADING`), a failover is under way (`MASTERDOWN`,
+/// `TRYAGAIN`) or the cluster is down (`CLUSTERDOWN`). For a client that is
+/// an outage, not a failure of ours.
+fn redis_says_retry(e: &deadpool_redis::redis::RedisError) -> bool {
+    use deadpool_redis::redis::{ErrorKind as Kind, ServerErrorKind as Server};
+    matches!(
+        e.kind(),
+        Kind::Server(
+            Server::BusyLoading | Server::TryAgain | Server::MasterDown | Server::ClusterDown
+        )
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +158,19 @@ mod tests {
         let io = ServiceError::from(io);
         assert_eq!(io.kind(), ErrorKind::Unavailable);
         assert_eq!(io.to_client().code, ErrorCode::Unavailable);
+        // Redis still loading its data after a restart is an outage too.
+        let loading = deadpool_redis::redis::parse_redis_value(b"-LOADING Redis is loading\r\n")
+            .and_then(|v| v.extract_error());
+        let Err(loading) = loading else {
+            panic!("a server error parses as an error")
+        };
+        assert_eq!(ServiceError::from(loading).kind(), ErrorKind::Unavailable);
+        let other = deadpool_redis::redis::parse_redis_value(b"-ERR wrong\r\n")
+            .and_then(|v| v.extract_error());
+        let Err(other) = other else {
+            panic!("a server error parses as an error")
+        };
+        assert_eq!(ServiceError::from(other).kind(), ErrorKind::Internal);
         let id = switchboard_shared::ids::RoomId::parse("a.b").map_err(ServiceError::from);
         assert!(matches!(
             id.map_err(|e| e.kind()),
