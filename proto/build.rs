@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .type_attribute(".switchboard.admin.v1", "#[derive(serde::Serialize)]")
         .file_descriptor_set_path(out.join("admin_descriptor.bin"))
         .compile_with_config(admin, &["switchboard/admin/v1/admin.proto"], &["."])?;
     Ok(())
