@@ -10,7 +10,8 @@
 //! - [`limits`]: rate limits per user and op, per-IP connection limits;
 //! - [`state`]: the gateway-wide state every task shares;
 //! - [`control`]: control requests to this gateway (connection pages,
-//!   reset after being declared dead);
+//!   reset after being declared dead, the admin API's stats, kicks and
+//!   drain);
 //! - [`conn`]: one connection: its reader, and cleanup once it ends;
 //! - [`writer`]: a connection's writer: queue, pings, drain turn, close;
 //! - [`wire`]: server frames written so a cut-short one can be finished;
@@ -115,6 +116,9 @@ pub async fn serve(
     let ctl = nats
         .subscribe(subjects::gateway_control_wildcard(&gw))
         .await?;
+    let ctl_all = nats
+        .subscribe(subjects::gateway_control_all_wildcard())
+        .await?;
     let redis = switchboard_shared::redis::pool(&cfg.redis)?;
     let redis_up = switchboard_shared::redis::ping(&redis).await.is_ok();
     if !redis_up {
@@ -160,7 +164,13 @@ pub async fn serve(
     let background = TaskTracker::new();
     background.spawn(router::route(state.clone(), sub, stop.clone()));
     background.spawn(requests::sweep_timeouts(state.clone(), stop.clone()));
-    background.spawn(control::serve(state.clone(), ctl, stop.clone()));
+    background.spawn(control::serve(
+        state.clone(),
+        ctl,
+        ctl_all,
+        addr,
+        stop.clone(),
+    ));
     background.spawn(heartbeat(state.clone(), stop.clone()));
     background.spawn(health::watch_redis(state.clone(), stop.clone()));
     server::accept_loop(&state, &listener).await;

@@ -8,6 +8,7 @@
 //! (presence subscriptions, signal rooms: `switchboard_shared::quotas`) are
 //! counted here, so what one connection holds is bounded too.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -21,19 +22,46 @@ use tokio_util::sync::CancellationToken;
 use crate::outbox::{Full, Out, Outbox};
 use crate::requests::Inflight;
 
-/// How and why the gateway ends a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How and why the gateway ends a connection. The reason is fixed text,
+/// except for an operator's close ([`CloseReason::operator`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseReason {
     pub code: u16,
-    pub reason: &'static str,
+    pub reason: Cow<'static, str>,
 }
 
 impl CloseReason {
     /// "No close frame": the peer is gone, just drop the socket.
     pub const NO_FRAME: u16 = 1006;
+    /// Closed by an operator (admin API), with the operator's reason.
+    pub const OPERATOR: u16 = 4000;
+    /// The reason of an operator's close that gave none.
+    pub const OPERATOR_DEFAULT: &'static str = "disconnected by the operator";
+    /// Most bytes of reason text a close frame carries (125 minus the code).
+    pub const MAX_REASON: usize = 123;
 
     pub const fn new(code: u16, reason: &'static str) -> Self {
-        Self { code, reason }
+        Self {
+            code,
+            reason: Cow::Borrowed(reason),
+        }
+    }
+
+    /// An operator's close (4000): `reason` cut to [`Self::MAX_REASON`]
+    /// bytes on a character boundary, or the default text when empty.
+    pub fn operator(reason: &str) -> Self {
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Self::new(Self::OPERATOR, Self::OPERATOR_DEFAULT);
+        }
+        let mut end = reason.len().min(Self::MAX_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        Self {
+            code: Self::OPERATOR,
+            reason: Cow::Owned(reason[..end].to_owned()),
+        }
     }
 }
 
@@ -170,7 +198,7 @@ impl ConnHandle {
     }
 
     pub fn close_reason(&self) -> Option<CloseReason> {
-        self.close.lock().ok().and_then(|c| *c)
+        self.close.lock().ok().and_then(|c| c.clone())
     }
 
     pub fn touch(&self, now_ms: u64) {
@@ -315,6 +343,21 @@ mod tests {
         assert!(h.signal("r3", true, 50, 100, 2), "r2 ended");
         assert!(!h.signal("r4", true, 60, 100, 2));
         assert!(h.signal("r4", true, 121, 100, 2), "r1 went quiet at 120");
+    }
+
+    #[test]
+    fn operator_reasons_fit_a_close_frame_on_a_char_boundary() {
+        let r = CloseReason::operator("");
+        assert_eq!((r.code, &*r.reason), (4000, "disconnected by the operator"));
+        assert_eq!(
+            &*CloseReason::operator(" maintenance ").reason,
+            "maintenance"
+        );
+        let long = "é".repeat(100);
+        let r = CloseReason::operator(&long);
+        assert_eq!(r.reason.len(), 122, "61 two-byte characters");
+        assert!(long.starts_with(&*r.reason));
+        assert_eq!(CloseReason::operator(&"a".repeat(200)).reason.len(), 123);
     }
 
     #[test]

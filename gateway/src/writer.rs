@@ -31,7 +31,8 @@ pub const CLOSE_LIMIT: Duration = Duration::from_secs(2);
 /// then).
 const REPLY_SLACK: Duration = Duration::from_secs(1);
 
-const RESTARTING: CloseReason = CloseReason::new(1012, "server restarting");
+const RESTART_TEXT: &str = "server restarting";
+const RESTARTING: CloseReason = CloseReason::new(1012, RESTART_TEXT);
 
 /// Where a connection stands in a drain.
 #[derive(Clone, Copy)]
@@ -60,7 +61,7 @@ impl Drain {
 fn close_when_answered(h: &ConnHandle, drain: &mut Drain) {
     if matches!(drain, Drain::Replies(_)) && h.requests.is_empty() {
         h.outbox
-            .push_last(Out::Close(RESTARTING.code, RESTARTING.reason));
+            .push_last(Out::Close(RESTARTING.code, RESTART_TEXT));
         *drain = Drain::Queued;
     }
 }
@@ -162,13 +163,16 @@ async fn write<W: AsyncWrite + Unpin>(
 /// close was already being echoed.
 pub async fn close<W: AsyncWrite + Unpin>(h: &ConnHandle, wire: &mut Wire<W>, limit: Duration) {
     let reason = h.close_reason();
-    if reason.is_some_and(|r| r.code == CloseReason::NO_FRAME) {
+    if reason
+        .as_ref()
+        .is_some_and(|r| r.code == CloseReason::NO_FRAME)
+    {
         return;
     }
     let ended = tokio::time::timeout(limit, async {
-        match reason {
+        match &reason {
             Some(r) if !wire.close_started() => {
-                wire.send(Op::Close, close_payload(r.code, r.reason))
+                wire.send(Op::Close, close_payload(r.code, &r.reason))
                     .await?;
             }
             _ => wire.finish().await?,

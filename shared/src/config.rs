@@ -35,6 +35,7 @@ pub struct Config {
     pub matchmaking: MatchmakingConfig,
     pub limits: crate::limits::LimitsConfig,
     pub quotas: crate::quotas::QuotasConfig,
+    pub admin: crate::admin::AdminConfig,
     pub log: LogConfig,
 }
 
@@ -404,6 +405,9 @@ impl Config {
         }
         if let Some((key, message)) = self.quotas.invalid() {
             return Err(ConfigError::InvalidSetting { key, message });
+        }
+        if let Some((key, message)) = self.admin.invalid() {
+            return invalid(key, message);
         }
         if self.auth.algorithms.is_empty() {
             return invalid(

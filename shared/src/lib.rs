@@ -6,6 +6,7 @@
 //! This crate depends on neither binary; both depend on it.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod bus;
 pub mod config;

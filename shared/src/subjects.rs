@@ -11,6 +11,7 @@
 //! | `sb.evt.conn` | gateway → workers | connect / disconnect / heartbeat |
 //! | `sb.api.notifications.send` | app backends → notifications | send a notification |
 //! | `sb.ctl.gw.<gateway>.<cmd>` | workers, operators → one gateway | control requests ([`GatewayCommand`]) |
+//! | `sb.ctl.gw.all.<cmd>` | admin → every gateway | scatter-gather control requests |
 //!
 //! Every argument is a validated id type, so no caller can build a subject
 //! with wildcards or extra tokens in it.
@@ -29,16 +30,38 @@ pub enum GatewayCommand {
     /// It was declared dead: close every client (1012) so they reconnect
     /// and register anew.
     Reset,
+    /// What it holds now (empty request → `bus.GatewayStats`).
+    Stats,
+    /// Close connections chosen by the operator (`bus.KickRequest` →
+    /// `bus.KickReply`).
+    Kick,
+    /// Drain as on SIGTERM and exit (empty request → `bus.DrainReply`).
+    /// Never obeyed on the `all` subject.
+    Drain,
 }
 
 impl GatewayCommand {
+    pub const ALL: [GatewayCommand; 5] = [
+        Self::Conns,
+        Self::Reset,
+        Self::Stats,
+        Self::Kick,
+        Self::Drain,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Conns => "conns",
             Self::Reset => "reset",
+            Self::Stats => "stats",
+            Self::Kick => "kick",
+            Self::Drain => "drain",
         }
     }
 }
+
+/// The token that addresses every gateway in a control subject.
+pub const ALL_GATEWAYS: &str = "all";
 
 /// The subject of control command `cmd` to gateway `gw`.
 pub fn gateway_control(gw: &GatewayId, cmd: GatewayCommand) -> String {
@@ -50,15 +73,51 @@ pub fn gateway_control_wildcard(gw: &GatewayId) -> String {
     format!("sb.ctl.gw.{gw}.*")
 }
 
+/// Control command `cmd` to every gateway (scatter-gather: each answers).
+pub fn gateway_control_all(cmd: GatewayCommand) -> String {
+    format!("sb.ctl.gw.{ALL_GATEWAYS}.{}", cmd.as_str())
+}
+
+/// Every control command to all gateways.
+pub fn gateway_control_all_wildcard() -> String {
+    format!("sb.ctl.gw.{ALL_GATEWAYS}.*")
+}
+
+/// Who a control subject addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlScope {
+    /// This gateway by its id.
+    One,
+    /// Every gateway (`sb.ctl.gw.all.<cmd>`).
+    All,
+}
+
 /// The command a control subject of gateway `gw` names, if any.
 pub fn parse_gateway_control(gw: &GatewayId, subject: &str) -> Option<GatewayCommand> {
-    let cmd = subject
-        .strip_prefix("sb.ctl.gw.")?
-        .strip_prefix(gw.as_str())?
-        .strip_prefix('.')?;
-    [GatewayCommand::Conns, GatewayCommand::Reset]
+    parse_gateway_control_scoped(gw, subject).map(|(cmd, _)| cmd)
+}
+
+/// The command a control subject received by gateway `gw` names, and
+/// whether it was addressed to it alone or to every gateway.
+pub fn parse_gateway_control_scoped(
+    gw: &GatewayId,
+    subject: &str,
+) -> Option<(GatewayCommand, ControlScope)> {
+    let rest = subject.strip_prefix("sb.ctl.gw.")?;
+    let (cmd, scope) = match rest
+        .strip_prefix(gw.as_str())
+        .and_then(|r| r.strip_prefix('.'))
+    {
+        Some(cmd) => (cmd, ControlScope::One),
+        None => (
+            rest.strip_prefix(ALL_GATEWAYS)?.strip_prefix('.')?,
+            ControlScope::All,
+        ),
+    };
+    GatewayCommand::ALL
         .into_iter()
         .find(|c| c.as_str() == cmd)
+        .map(|c| (c, scope))
 }
 
 /// The backend API of the notifications service: trusted backends send
@@ -177,10 +236,17 @@ mod tests {
     #[test]
     fn gateway_control_subjects_round_trip() {
         let g = GatewayId::parse("gw1").unwrap_or_else(|e| panic!("{e}"));
-        for cmd in [GatewayCommand::Conns, GatewayCommand::Reset] {
+        for cmd in GatewayCommand::ALL {
             let s = gateway_control(&g, cmd);
             assert_eq!(parse_gateway_control(&g, &s), Some(cmd));
+            assert_eq!(
+                parse_gateway_control_scoped(&g, &gateway_control_all(cmd)),
+                Some((cmd, ControlScope::All))
+            );
         }
+        assert_eq!(gateway_control_all_wildcard(), "sb.ctl.gw.all.*");
+        assert_eq!(parse_gateway_control(&g, "sb.ctl.gw.all.reboot"), None);
+        assert_eq!(parse_gateway_control(&g, "sb.ctl.gw.allx.stats"), None);
         assert_eq!(gateway_control_wildcard(&g), "sb.ctl.gw.gw1.*");
         assert_eq!(parse_gateway_control(&g, "sb.ctl.gw.gw10.reset"), None);
         assert_eq!(parse_gateway_control(&g, "sb.ctl.gw.gw1.reboot"), None);

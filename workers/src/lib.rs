@@ -1,8 +1,12 @@
 //! Switchboard worker services. Each service is a module; each runs as a NATS
 //! queue group named after it (`switchboard-workers rooms`), so replicas share
 //! the load and any replica can serve any request: all state is in Redis.
+//! The operator's admin gRPC API (`switchboard-workers admin`, [`admin`])
+//! runs from the same binary but is no queue group: it listens on its own
+//! port.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod error;
 pub mod matchmaking;
 pub mod notifications;
@@ -26,6 +30,10 @@ pub const SERVICES: &[&str] = &[
     "matchmaking",
 ];
 
+/// The admin gRPC API's process kind: not in [`SERVICES`] (and not in
+/// `all`), since it is no queue group and listens on `admin.listen`.
+pub const ADMIN: &str = "admin";
+
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error(transparent)]
@@ -36,6 +44,8 @@ pub enum WorkerError {
     UnknownService(String),
     #[error("NATS subscription failed: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
 }
 
 /// Running services, ready to serve: every subscription is in place.
@@ -69,7 +79,7 @@ pub async fn start(
     shutdown: Shutdown,
 ) -> Result<Running, WorkerError> {
     for s in services {
-        if !SERVICES.contains(&s.as_str()) {
+        if !SERVICES.contains(&s.as_str()) && s != ADMIN {
             return Err(WorkerError::UnknownService(s.clone()));
         }
     }
@@ -154,6 +164,19 @@ pub async fn start(
                     |s| async move { s.tick().await },
                 );
                 l.serve(svc).await?;
+            }
+            ADMIN => {
+                let listener = admin::bind(&cfg).await?;
+                l.tasks.push(tokio::spawn({
+                    let serving = admin::serve(
+                        cfg.clone(),
+                        listener,
+                        nats.clone(),
+                        pool.clone(),
+                        shutdown.clone(),
+                    );
+                    async move { Ok(serving.await?) }
+                }));
             }
             other => return Err(WorkerError::UnknownService(other.to_owned())),
         }

@@ -3,6 +3,7 @@
 //! ```text
 //! switchboard-workers rooms            # one service (one Deployment each)
 //! switchboard-workers all              # every service, for local development
+//! switchboard-workers admin            # the admin gRPC API (not part of `all`)
 //! ```
 
 use std::path::PathBuf;
@@ -22,7 +23,9 @@ struct Args {
     /// TOML config file (defaults, then this file, then SB_ environment variables).
     #[arg(long, env = "SB_CONFIG")]
     config: Option<PathBuf>,
-    /// Services to run: any of `rooms`, or `all`.
+    /// Services to run: any of `rooms`, `presence`, `notifications`,
+    /// `signaling`, `matchmaking`, `admin` (the admin gRPC API), or `all`
+    /// (every service but `admin`).
     #[arg(required = true)]
     services: Vec<String>,
 }
