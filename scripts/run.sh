@@ -3,7 +3,7 @@
 # localhost, in the foreground. Ctrl-C stops everything. Ports can be changed
 # with NATS_PORT, REDIS_PORT, GATEWAY_PORT and ADMIN_PORT; a NATS or Redis
 # already answering on its port is reused. The admin API accepts
-# SB_ADMIN_TOKEN (a development token unless set).
+# SWITCHBOARD_ADMIN_TOKEN (a development token unless set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +11,7 @@ NATS_PORT="${NATS_PORT:-4222}"
 REDIS_PORT="${REDIS_PORT:-6379}"
 GATEWAY_PORT="${GATEWAY_PORT:-8080}"
 ADMIN_PORT="${ADMIN_PORT:-7070}"
-SB_ADMIN_TOKEN="${SB_ADMIN_TOKEN:-dev-admin-token-change-me}"
+SWITCHBOARD_ADMIN_TOKEN="${SWITCHBOARD_ADMIN_TOKEN:-dev-admin-token-change-me}"
 PROFILE="${PROFILE:-debug}"
 RUN_DIR="${RUN_DIR:-.run}"
 BIN="${CARGO_TARGET_DIR:-target}/$PROFILE"
@@ -70,8 +70,8 @@ export SB_REDIS__URL="redis://127.0.0.1:$REDIS_PORT"
 export SB_GATEWAY__LISTEN="127.0.0.1:$GATEWAY_PORT"
 export SB_GATEWAY__ID="${SB_GATEWAY__ID:-local}"
 export SB_ADMIN__LISTEN="127.0.0.1:$ADMIN_PORT"
-export SB_ADMIN__TOKENS="[$SB_ADMIN_TOKEN]"
-export SB_ADMIN_ADDR="http://127.0.0.1:$ADMIN_PORT"
+export SB_ADMIN__TOKENS="[$SWITCHBOARD_ADMIN_TOKEN]"
+SWITCHBOARD_ADMIN_ADDR="http://127.0.0.1:$ADMIN_PORT"
 
 "$BIN/switchboard-workers" all >"$RUN_DIR/workers.log" 2>&1 &
 pids+=($!)
@@ -90,9 +90,9 @@ Switchboard is running.
   gateway   ws://127.0.0.1:$GATEWAY_PORT/ws   (subprotocol switchboard.v1)
   health    http://127.0.0.1:$GATEWAY_PORT/healthz   http://127.0.0.1:$GATEWAY_PORT/readyz
   nats      nats://127.0.0.1:$NATS_PORT       redis  redis://127.0.0.1:$REDIS_PORT
-  admin     grpc://127.0.0.1:$ADMIN_PORT  token $SB_ADMIN_TOKEN (development only)
-            SB_ADMIN_TOKEN=$SB_ADMIN_TOKEN $BIN/switchboard-admin --addr $SB_ADMIN_ADDR gateways
-            grpcurl -plaintext -H "authorization: Bearer $SB_ADMIN_TOKEN" 127.0.0.1:$ADMIN_PORT list
+  admin     grpc://127.0.0.1:$ADMIN_PORT  token $SWITCHBOARD_ADMIN_TOKEN (development only)
+            SWITCHBOARD_ADMIN_TOKEN=$SWITCHBOARD_ADMIN_TOKEN $BIN/switchboard-admin --addr $SWITCHBOARD_ADMIN_ADDR gateways
+            grpcurl -plaintext -H "authorization: Bearer $SWITCHBOARD_ADMIN_TOKEN" 127.0.0.1:$ADMIN_PORT list
   logs      $RUN_DIR/{gateway,workers,admin,nats,redis}.log
 
 Development tokens (app "demo"; mint more with: make token USER=carol APP=demo):

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! switchboard-admin --addr http://127.0.0.1:7070 gateways
-//! SB_ADMIN_TOKEN=... switchboard-admin --json kick --app demo --user alice --reason "spam"
+//! SWITCHBOARD_ADMIN_TOKEN=... switchboard-admin --json kick --app demo --user alice --reason "spam"
 //! switchboard-admin token --app demo --user alice
 //! ```
 //!
@@ -37,13 +37,18 @@ struct Args {
     /// The admin API's address.
     #[arg(
         long,
-        env = "SB_ADMIN_ADDR",
+        env = "SWITCHBOARD_ADMIN_ADDR",
         default_value = "http://127.0.0.1:7070",
         global = true
     )]
     addr: String,
     /// Bearer token (one of the server's `admin.tokens`).
-    #[arg(long, env = "SB_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     token: Option<String>,
     /// Print the answer as JSON instead of a table.
     #[arg(long, global = true)]

@@ -43,7 +43,7 @@ async fn cli(addr: SocketAddr, token: &str, args: &[&str]) -> Output {
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.args(["--addr", &format!("http://{addr}")])
         .args(args)
-        .env("SB_ADMIN_TOKEN", token)
+        .env("SWITCHBOARD_ADMIN_TOKEN", token)
         .env_remove("SB_CONFIG");
     cmd.output().await.unwrap()
 }
