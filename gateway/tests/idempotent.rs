@@ -48,16 +48,7 @@ async fn next_message(c: &mut Client) -> (u64, Value) {
 
 /// Sends one command to Redis over RESP and returns the raw answer.
 fn redis(port: u16, args: &[&str]) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let mut cmd = format!("*{}\r\n", args.len());
-    for a in args {
-        cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    s.write_all(cmd.as_bytes()).unwrap();
-    let mut buf = [0u8; 512];
-    let n = s.read(&mut buf).unwrap();
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+    switchboard_test_harness::servers::redis_command(port, args).unwrap()
 }
 
 #[tokio::test]

@@ -113,16 +113,7 @@ async fn out_of_order_duplicate_and_missing_seqs_are_put_right() {
 
 /// Sends one command to Redis over RESP and returns the raw answer.
 fn redis(port: u16, args: &[&str]) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let mut cmd = format!("*{}\r\n", args.len());
-    for a in args {
-        cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    s.write_all(cmd.as_bytes()).unwrap();
-    let mut buf = [0u8; 512];
-    let n = s.read(&mut buf).unwrap();
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+    switchboard_test_harness::servers::redis_command(port, args).unwrap()
 }
 
 #[tokio::test]

@@ -244,6 +244,21 @@ impl NatsServer {
     }
 }
 
+/// Sends one command to the Redis on `127.0.0.1:port` over RESP and returns
+/// the raw answer (for tests that look at or steer Redis directly).
+pub fn redis_command(port: u16, args: &[&str]) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    let mut cmd = format!("*{}\r\n", args.len());
+    for a in args {
+        cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(cmd.as_bytes())?;
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 /// A running `redis-server` on `127.0.0.1` without persistence, killed when dropped.
 #[derive(Debug)]
 pub struct RedisServer {
