@@ -96,6 +96,15 @@ async fn carol_in_room_r(stack: &Stack) -> (Config, Workers, Gateway, Client) {
     (cfg, w, gw, carol)
 }
 
+/// A new connection (dave) joins room `r` and publishes; carol gets it.
+async fn newcomer_reaches_carol_in_r(gw: &Gateway, cfg: &Config, carol: &mut Client) {
+    let mut dave = connect(&gw.ws_url(), cfg, "dave").await;
+    dave.ok("rooms.join", json!({"room": "r"})).await;
+    dave.ok("rooms.publish", json!({"room": "r", "data": 1}))
+        .await;
+    assert_eq!(carol.event("message").await["data"], 1);
+}
+
 /// Polls `f` until it is true, failing after `bound`. For states that
 /// produce no event to wait on (an HTTP status).
 async fn eventually(bound: Duration, mut f: impl AsyncFnMut() -> bool) {
@@ -209,11 +218,7 @@ async fn a_client_that_leaves_while_nats_is_down_is_forgotten_when_it_returns() 
         back.elapsed()
     );
     // And the room works again.
-    let mut dave = connect(&gw.ws_url(), &cfg, "dave").await;
-    dave.ok("rooms.join", json!({"room": "r"})).await;
-    dave.ok("rooms.publish", json!({"room": "r", "data": 1}))
-        .await;
-    assert_eq!(carol.event("message").await["data"], 1);
+    newcomer_reaches_carol_in_r(&gw, &cfg, &mut carol).await;
 }
 
 #[tokio::test]
@@ -283,13 +288,9 @@ async fn while_nats_is_down_requests_fail_fast_and_new_connections_are_refused()
     // Everything works again once the bus is back, on the same connection.
     stack.nats.resume().unwrap();
     readyz_becomes(&gw, 200, Duration::from_secs(10)).await;
-    let mut dave = connect(&gw.ws_url(), &cfg, "dave").await;
-    dave.ok("rooms.join", json!({"room": "r"})).await;
     // The workers' subscriptions come back on their own; requests succeed
     // again within the bound.
-    dave.ok("rooms.publish", json!({"room": "r", "data": 1}))
-        .await;
-    assert_eq!(carol.event("message").await["data"], 1);
+    newcomer_reaches_carol_in_r(&gw, &cfg, &mut carol).await;
 }
 
 #[tokio::test]
